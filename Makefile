@@ -1,0 +1,45 @@
+# One entry point for developers and CI: the workflow and .ci/run call these targets.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Each piece of the project adds its linters here.
+LINT_TARGETS := lint-python lint-shell lint-workflows
+
+.PHONY: help venv test lint $(LINT_TARGETS) bench clean
+
+help: ## List the targets.
+	@grep -E '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+# start.sh owns the runtime venv (requirements.txt); the dev tools go on top of it.
+$(VENV)/.dev-installed: requirements.txt requirements-dev.txt start.sh
+	VENV_DIR=$(VENV) PYTHON=$(PYTHON) ./start.sh install
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.dev-installed ## Create or update the dev venv (.venv).
+
+test: venv ## Run the whole test suite.
+	$(BIN)/pytest tests -ra $(PYTEST_ARGS)
+
+lint: $(LINT_TARGETS) ## Run every linter.
+
+lint-python: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+lint-shell: venv
+	$(BIN)/shellcheck start.sh .ci/run $(wildcard tests/bench/*.sh)
+
+lint-workflows: venv
+	$(BIN)/zizmor --offline .github/workflows/
+
+bench: venv ## Measure start-up time and HTTP throughput; prints figures, asserts nothing.
+	tests/bench/run.sh
+
+clean: ## Remove the venv, logs, local data and caches.
+	rm -rf $(VENV) logs data .run .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
