@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # Each piece of the project adds its linters here.
 LINT_TARGETS := lint-python lint-shell lint-workflows
 
-.PHONY: help venv test lint $(LINT_TARGETS) bench clean
+.PHONY: help venv test lint $(LINT_TARGETS) bench clean images
 
 help: ## List the targets.
 	@grep -E '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -32,10 +32,14 @@ lint-python: venv
 	$(BIN)/ruff format --check .
 
 lint-shell: venv
-	$(BIN)/shellcheck start.sh .ci/run $(wildcard tests/bench/*.sh)
+	$(BIN)/shellcheck start.sh .ci/run $(wildcard tests/bench/*.sh) \
+	  tests/images/build.sh $(wildcard tests/images/*/*.sh)
 
 lint-workflows: venv
 	$(BIN)/zizmor --offline .github/workflows/
+
+images: ## Build the offline stand-ins for the public base images; writes .env.offline.
+	tests/images/build.sh
 
 bench: venv ## Measure start-up time and HTTP throughput; prints figures, asserts nothing.
 	tests/bench/run.sh
