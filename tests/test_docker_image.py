@@ -25,6 +25,7 @@ def docker_cmd(*args: str, check: bool = True, timeout: float = 60) -> str:
 
 @pytest.fixture(scope="module")
 def image(base_images):
+    previous = docker_cmd("image", "inspect", "--format", "{{.Id}}", IMAGE, check=False)
     docker_cmd(
         "build",
         "--build-arg",
@@ -34,6 +35,8 @@ def image(base_images):
         str(REPO_ROOT),
         timeout=600,
     )
+    if previous and previous != docker_cmd("image", "inspect", "--format", "{{.Id}}", IMAGE):
+        docker_cmd("image", "rm", previous, check=False)  # the old build, now untagged
     return IMAGE
 
 
