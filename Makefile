@@ -32,7 +32,7 @@ lint-python: venv
 	$(BIN)/ruff format --check .
 
 lint-shell: venv
-	$(BIN)/shellcheck start.sh .ci/run $(wildcard tests/bench/*.sh)
+	$(BIN)/shellcheck --external-sources start.sh .ci/run tests/bench/*.sh
 
 lint-workflows: venv
 	$(BIN)/zizmor --offline .github/workflows/
