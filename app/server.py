@@ -63,13 +63,14 @@ class GracefulServer:
         wasyncore.dispatcher.close(self.server)
         deadline = time.monotonic() + self.config.shutdown_timeout_seconds
         while time.monotonic() < deadline:
+            # Poll first, so bytes that arrived with the signal are read before judging idleness.
+            self._poll(timeout=0.05)
             channels = list(self.server.active_channels.values())
             if not channels:
                 break
             for channel in channels:
                 if _is_idle(channel):
                     channel.will_close = True
-            self._poll(timeout=0.05)
         else:
             log.warning("shutdown_timeout", extra={"open_connections": len(channels)})
         self.server.task_dispatcher.shutdown(timeout=1)

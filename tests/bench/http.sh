@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GET / throughput and p99 latency with wrk (-t2 -c50), for the app (request logs on, as in
-# production) and for a raw WSGI
-# baseline on the same waitress settings, alternating runs so both see the same noise.
+# production) and for a raw WSGI baseline on the same waitress settings. Runs alternate,
+# so both see the same noise.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 # shellcheck source=tests/bench/lib.sh
