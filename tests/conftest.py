@@ -28,6 +28,17 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped, but FORBID_SKIPS=1 makes every test mandatory: {reason}"
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "docker: needs a Docker engine (added automatically)")
+
+
+def pytest_collection_modifyitems(items):
+    # `-m "not docker"` then selects the tests that need no Docker engine.
+    for item in items:
+        if "docker" in item.fixturenames:
+            item.add_marker(pytest.mark.docker)
+
+
 def docker_is_available() -> bool:
     if shutil.which("docker") is None:
         return False
