@@ -8,9 +8,10 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 REPO_ROOT="$PWD"
+# shellcheck source=tests/bench/lib.sh
+source tests/bench/lib.sh
 
 log() { printf '==> %s\n' "$*" >&2; }
-now() { date +%s.%N; }
 seconds_since() { awk -v start="$1" -v end="$(now)" 'BEGIN { printf "%.1f", end - start }'; }
 
 PROJECT="hello-bench-$$"
@@ -62,7 +63,7 @@ wait_healthy() {
 
 bench_compose_up() {
   local start port
-  port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')"
+  port="$(free_port)"
   printf 'PYTHON_IMAGE=%s\nPOSTGRES_IMAGE=%s\nWEB_PORT=%s\n' "$PYTHON_IMAGE" "$POSTGRES_IMAGE" "$port" \
     >"$ENV_FILE"
   "${compose[@]}" build --quiet >/dev/null 2>&1
