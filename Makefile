@@ -7,9 +7,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Each piece of the project adds its linters here.
-LINT_TARGETS := lint-python lint-shell lint-workflows
+LINT_TARGETS := lint-python lint-shell lint-workflows lint-docker lint-yaml
 
-.PHONY: help venv test lint $(LINT_TARGETS) bench clean
+.PHONY: help venv test lint $(LINT_TARGETS) bench clean images bench-docker
 
 help: ## List the targets.
 	@grep -E '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -32,10 +32,23 @@ lint-python: venv
 	$(BIN)/ruff format --check .
 
 lint-shell: venv
-	$(BIN)/shellcheck start.sh .ci/run $(wildcard tests/bench/*.sh)
+	$(BIN)/shellcheck start.sh .ci/run $(wildcard tests/bench/*.sh) \
+	  tests/compose_smoke.sh $(wildcard tests/images/*.sh tests/images/*/*.sh)
 
 lint-workflows: venv
 	$(BIN)/zizmor --offline .github/workflows/
+
+lint-docker: venv
+	$(BIN)/hadolint Dockerfile $(wildcard tests/images/*/Dockerfile)
+
+lint-yaml: venv
+	$(BIN)/yamllint --strict .
+
+images: ## Build the offline stand-ins for the public base images; writes .env.offline.
+	tests/images/build.sh
+
+bench-docker: ## Measure image size, code-only rebuild and compose start-up; prints figures.
+	tests/bench/docker.sh
 
 bench: venv ## Measure start-up time and HTTP throughput; prints figures, asserts nothing.
 	tests/bench/run.sh
