@@ -6,7 +6,6 @@ secrets file are throwaway files in the test's tmp dir. The commands are the REA
 """
 
 import os
-import secrets
 import subprocess
 import sys
 import uuid
@@ -85,17 +84,22 @@ def deploy(vm, home: Path, *extra: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+# README step 4, "Secrets": the same commands, with a SQLite URL instead of PostgreSQL's.
+MAKE_SECRETS = """
+umask 077
+head -c 32 /dev/urandom | base64 > ~/.hello-app-vault-pass
+cat > ~/hello-app-secrets.yml <<'EOF'
+hello_app_database_url: "sqlite:////var/lib/hello-app/from-vault.sqlite3"
+EOF
+ansible-vault encrypt --vault-password-file ~/.hello-app-vault-pass ~/hello-app-secrets.yml
+"""
+
+
 def test_site_playbook_deploys_over_ssh_with_a_vaulted_secret_and_can_be_rolled_back(vm, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
-    # README: the database URL goes into a vault-encrypted file outside the repository.
-    (home / ".hello-app-vault-pass").write_text(secrets.token_urlsafe(24))
-    (home / "hello-app-secrets.yml").write_text(
-        'hello_app_database_url: "sqlite:////var/lib/hello-app/from-vault.sqlite3"\n'
-    )
-    env = dict(os.environ, HOME=str(home))
-    run(VENV_BIN / "ansible-vault", "encrypt", "--vault-password-file",
-        f"{home}/.hello-app-vault-pass", f"{home}/hello-app-secrets.yml", env=env)  # fmt: skip
+    env = dict(os.environ, HOME=str(home), PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}")
+    run("bash", "-euo", "pipefail", "-c", MAKE_SECRETS, env=env)
     assert (home / "hello-app-secrets.yml").read_text().startswith("$ANSIBLE_VAULT;")
 
     deploy(vm, home, "-e", "hello_app_version=1.0.0")
@@ -110,6 +114,8 @@ def test_site_playbook_deploys_over_ssh_with_a_vaulted_secret_and_can_be_rolled_
                 " && readlink /opt/hello-app/current").stdout.split("\n")  # fmt: skip
     assert facts[0] == "640 root:hello-app"
     assert facts[1] == "/opt/hello-app/releases/1.0.1"
+    releases = run(*vm["ssh"], "ls /opt/hello-app/releases").stdout.split()
+    assert releases == ["1.0.0", "1.0.1"]
 
     # README's manual rollback: point `current` at the previous release and restart.
     run(*vm["ssh"], "sudo ln -sfn /opt/hello-app/releases/1.0.0 /opt/hello-app/current"
