@@ -14,6 +14,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 template=packer/hello-app.pkr.hcl
 
 packer fmt -check -diff packer
+packer fmt -check -diff packer/local
 
 grep -q '^    http_tokens *= *"required"$' "$template" \
   || { echo "validate-offline: $template must require IMDSv2 tokens" >&2; exit 1; }
@@ -30,3 +31,6 @@ removed=$(($(wc -l <"$template") - $(wc -l <"$tmp/$template")))
 
 packer validate "$tmp/$template"
 echo "packer validate: $template is valid for $(packer version | head -n 1) (without metadata_options)"
+# The local rehearsal of the bake (docker builder) validates as it is.
+packer validate -var image=validate-only packer/local
+echo "packer validate: packer/local is valid"
