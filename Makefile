@@ -7,9 +7,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Each piece of the project adds its linters here.
-LINT_TARGETS := lint-python lint-shell lint-workflows lint-docker lint-yaml
+LINT_TARGETS := lint-python lint-shell lint-workflows lint-docker lint-yaml lint-ansible lint-packer
 
-.PHONY: help venv test lint $(LINT_TARGETS) bench clean images bench-docker
+.PHONY: help venv test lint $(LINT_TARGETS) bench clean images bench-docker molecule packer-validate
 
 help: ## List the targets.
 	@grep -E '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -33,7 +33,8 @@ lint-python: venv
 
 lint-shell: venv
 	$(BIN)/shellcheck --external-sources start.sh .ci/run tests/bench/*.sh \
-	  tests/compose_smoke.sh tests/images/*.sh tests/images/*/*.sh
+	  tests/compose_smoke.sh $(wildcard tests/images/*.sh tests/images/*/*.sh) \
+	  packer/validate-offline.sh
 
 lint-workflows: venv
 	$(BIN)/zizmor --offline .github/workflows/
@@ -43,6 +44,23 @@ lint-docker: venv
 
 lint-yaml: venv
 	$(BIN)/yamllint --strict .
+
+# ansible-lint and Molecule call ansible-playbook and ansible-config: the venv's bin/ goes first.
+lint-ansible: venv
+	cd ansible && PATH="$(CURDIR)/$(BIN):$$PATH" ansible-lint
+
+# Packer 1.6.6 (Debian's) offline; CI also runs current Packer with `packer init`.
+lint-packer: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" packer/validate-offline.sh
+
+# CI's packer job: current Packer, with the plugins that `packer init` downloads.
+packer-validate: venv ## Check the AMI template with current Packer: init, fmt -check, validate.
+	packer init packer
+	packer fmt -check -diff packer
+	PATH="$(CURDIR)/$(BIN):$$PATH" packer validate packer
+
+molecule: venv ## Run the Ansible role's Molecule scenario (converge, idempotence, verify).
+	$(BIN)/pytest tests/test_ansible_molecule.py -ra -s $(PYTEST_ARGS)
 
 images: ## Build the offline stand-ins for the public base images; writes .env.offline.
 	tests/images/build.sh

@@ -103,3 +103,38 @@ def base_images(docker) -> dict[str, str]:
     )
     assert select.returncode == 0, f"no base images to build on:\n{select.stderr}"
     return dict(line.split("=", 1) for line in select.stdout.splitlines())
+
+
+def systemd_container_args() -> list[str]:
+    """`docker run` options that let systemd run as PID 1 in a container.
+
+    cgroup v2 hosts (GitHub's runners) need --privileged and the host's cgroup namespace;
+    cgroup v1 hosts that refuse --privileged (the offline lab) get by with CAP_SYS_ADMIN and
+    a read-only cgroup mount. The same choice is made for Molecule by the environment.
+    """
+    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        cgroup = ["--privileged", "--cgroupns=host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw"]
+    else:
+        cgroup = ["--cap-add", "SYS_ADMIN", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro"]
+    return [*cgroup, "--tmpfs", "/run", "--tmpfs", "/run/lock"]
+
+
+@pytest.fixture(scope="session")
+def systemd_image(docker) -> str:
+    """A Debian 12 image that boots systemd and runs sshd: $HELLO_SYSTEMD_IMAGE, or the
+    offline stand-in of tests/images/debian12-systemd, built on first use (`make images`)."""
+    if os.environ.get("HELLO_SYSTEMD_IMAGE"):
+        return os.environ["HELLO_SYSTEMD_IMAGE"]
+    if shutil.which("debootstrap") is None:
+        pytest.skip("no systemd test image: set HELLO_SYSTEMD_IMAGE, or install debootstrap")
+    build = subprocess.run(
+        [REPO_ROOT / "tests/images/build.sh", "debian12-systemd"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert build.returncode == 0, f"could not build the systemd stand-in:\n{build.stderr}"
+    for line in (REPO_ROOT / ".env.offline").read_text().splitlines():
+        if line.startswith("DEBIAN12_SYSTEMD_IMAGE="):
+            return line.split("=", 1)[1]
+    raise AssertionError("tests/images/build.sh wrote no DEBIAN12_SYSTEMD_IMAGE to .env.offline")

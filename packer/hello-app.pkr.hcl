@@ -1,0 +1,133 @@
+# The hello-app AMI: Ubuntu 24.04 with the app installed by the same Ansible role as the VMs,
+# enabled but not started (the database URL arrives at boot), and the CloudWatch agent.
+# Build: packer init packer && packer build -var app_version=... -var git_sha=... packer
+
+variable "region" {
+  type        = string
+  description = "AWS region to build the AMI in."
+  default     = "eu-west-1"
+}
+
+variable "instance_type" {
+  type        = string
+  description = "Instance type of the temporary build instance."
+  default     = "t3.micro"
+}
+
+variable "subnet_id" {
+  type        = string
+  description = "Subnet for the build instance; it needs outbound internet. Empty: the default VPC."
+  default     = ""
+}
+
+variable "app_version" {
+  type        = string
+  description = "Version of the app baked in: its release directory, and the AMI's name and tags."
+  default     = "dev"
+}
+
+variable "git_sha" {
+  type        = string
+  description = "Git commit the AMI is built from, recorded as a tag."
+  default     = "unknown"
+}
+
+locals {
+  build_date = formatdate("YYYY-MM-DD'T'hh:mm:ssZ", timestamp())
+  ami_name   = "hello-app-${var.app_version}-${formatdate("YYYYMMDDhhmmss", timestamp())}"
+  tags = {
+    Name       = local.ami_name
+    App        = "hello-app"
+    AppVersion = var.app_version
+    GitSha     = var.git_sha
+    BuildDate  = local.build_date
+    BaseAMI    = "{{ .SourceAMI }}"
+  }
+  # The role's bake mode: installed and enabled, not started, no DATABASE_URL, AWS tools in.
+  ansible_extra_vars = {
+    hello_app_version              = var.app_version
+    hello_app_start_service        = false
+    hello_app_default_database_url = ""
+    hello_app_log_file             = "/var/log/hello-app/app.log"
+    hello_app_install_aws_tools    = true
+  }
+}
+
+source "amazon-ebs" "ubuntu" {
+  region        = var.region
+  instance_type = var.instance_type
+  subnet_id     = var.subnet_id
+  ami_name      = local.ami_name
+  ssh_username  = "ubuntu"
+
+  source_ami_filter {
+    filters = {
+      name                = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"
+      root-device-type    = "ebs"
+      virtualization-type = "hvm"
+    }
+    owners      = ["099720109477"] # Canonical
+    most_recent = true
+  }
+
+  # IMDSv2 only, on the build instance.
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+  }
+
+  # Encrypted root volume, and an AMI whose snapshot is encrypted too.
+  launch_block_device_mappings {
+    device_name           = "/dev/sda1"
+    volume_size           = 8
+    volume_type           = "gp3"
+    iops                  = 3000 # gp3's baseline, stated because Packer 1.6.6 insists
+    throughput            = 125
+    encrypted             = true
+    delete_on_termination = true
+  }
+  encrypt_boot = true
+
+  tags          = local.tags
+  snapshot_tags = local.tags
+  run_tags      = { Name = "packer-${local.ami_name}" }
+}
+
+build {
+  sources = ["source.amazon-ebs.ubuntu"]
+
+  # cloud-init runs apt on first boot; wait for it so that apt's lock is free.
+  provisioner "shell" {
+    inline = ["cloud-init status --wait || true"]
+  }
+
+  provisioner "ansible" {
+    playbook_file = "${path.root}/../ansible/site.yml"
+    groups        = ["hello_app"]
+    user          = "ubuntu"
+    ansible_env_vars = [
+      "ANSIBLE_CONFIG=${path.root}/../ansible/ansible.cfg",
+    ]
+    extra_arguments = [
+      "--extra-vars", jsonencode(local.ansible_extra_vars),
+      # OpenSSH >= 9 scp speaks SFTP by default, which Packer's SSH proxy does not serve:
+      # force the legacy scp protocol (hashicorp/packer-plugin-ansible#100).
+      "--scp-extra-args", "'-O'",
+      # OpenSSH >= 8.8 refuses the ssh-rsa (SHA-1) host key that the proxy offers in older
+      # plugin versions (hashicorp/packer-plugin-ansible#140); this only concerns the
+      # proxy on 127.0.0.1, not the connection to the instance.
+      "--ssh-extra-args=-o HostKeyAlgorithms=+ssh-rsa -o PubkeyAcceptedAlgorithms=+ssh-rsa",
+    ]
+  }
+
+  post-processor "manifest" {
+    output     = "${path.root}/manifest.json"
+    strip_path = true
+    custom_data = {
+      app_version = var.app_version
+      git_sha     = var.git_sha
+      build_date  = local.build_date
+    }
+  }
+}

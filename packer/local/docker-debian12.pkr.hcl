@@ -1,0 +1,64 @@
+# A local rehearsal of the AMI bake, with no AWS: the same playbook in bake mode, through the
+# same ansible provisioner (and its SSH proxy), into a Debian 12 systemd container, committed
+# as an image. Packer 1.6.6 has the docker builder built in; current Packer needs
+# `packer plugins install github.com/hashicorp/docker`. tests/test_packer_local_bake.py runs it:
+#   packer build -var image=<systemd image> -var app_version=<version> packer/local
+
+variable "image" {
+  type        = string
+  description = "A Debian 12 image that boots systemd, e.g. the stand-in from `make images`."
+}
+
+variable "app_version" {
+  type        = string
+  description = "Release name of the app baked in."
+  default     = "local"
+}
+
+variable "tag" {
+  type        = string
+  description = "Repository:tag the baked image is committed as."
+  default     = "hello-packer-local:latest"
+}
+
+source "docker" "debian12" {
+  image  = var.image
+  pull   = false
+  commit = true
+  # systemd as PID 1, as on a VM, with the settings of a host that refuses --privileged.
+  run_command = [
+    "-d", "--cap-add", "SYS_ADMIN", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro",
+    "--tmpfs", "/run", "--tmpfs", "/run/lock", "--entrypoint", "/sbin/init", "{{.Image}}",
+  ]
+  changes = ["ENTRYPOINT [\"/sbin/init\"]"]
+}
+
+build {
+  sources = ["source.docker.debian12"]
+
+  provisioner "ansible" {
+    playbook_file = "${path.root}/../../ansible/site.yml"
+    groups        = ["hello_app"]
+    ansible_env_vars = [
+      "ANSIBLE_CONFIG=${path.root}/../../ansible/ansible.cfg",
+    ]
+    extra_arguments = [
+      "--extra-vars", jsonencode({
+        hello_app_version              = var.app_version
+        hello_app_start_service        = false
+        hello_app_default_database_url = ""
+        hello_app_log_file             = "/var/log/hello-app/app.log"
+        # The CloudWatch agent comes from S3, out of reach here.
+        hello_app_install_aws_tools = false
+      }),
+      # The same two OpenSSH >= 9 workarounds as hello-app.pkr.hcl.
+      "--scp-extra-args", "'-O'",
+      "--ssh-extra-args=-o HostKeyAlgorithms=+ssh-rsa -o PubkeyAcceptedAlgorithms=+ssh-rsa",
+    ]
+  }
+
+  post-processor "docker-tag" {
+    repository = split(":", var.tag)[0]
+    tag        = [split(":", var.tag)[1]]
+  }
+}
