@@ -15,7 +15,12 @@ The gaps, checked against moto 5.2.5:
 - a change set that keeps parameters (UsePreviousValue) counts every parameter the stack took
   from its Default as changed, and then "modifies" resources whose Condition is false (the
   HTTPS listener without a certificate), which crashes the update;
-- AWS::ElasticLoadBalancingV2::TargetGroup has no TargetGroupFullName attribute, and the
+- executing a change set does not recompute the stack's Outputs (a stack created through a
+  change set has none);
+- AWS::EC2::SubnetRouteTableAssociation is recorded apart from the route table, so
+  DescribeRouteTables shows no association;
+- AWS::ElasticLoadBalancingV2::TargetGroup ignores TargetGroupAttributes and has no
+  TargetGroupFullName attribute, and the
   LoadBalancer's LoadBalancerFullName is declared but not implemented.
 """
 
@@ -24,11 +29,13 @@ from typing import Any
 
 import moto.cloudformation.models
 import moto.cloudformation.responses
-from moto.cloudformation.parsing import ResourceMap
 from moto.autoscaling.models import autoscaling_backends
+from moto.cloudformation.parsing import ResourceMap
 from moto.cloudwatch.models import cloudwatch_backends
 from moto.core.common_models import CloudFormationModel
-from moto.elbv2.models import FakeLoadBalancer, FakeTargetGroup
+from moto.ec2.models import ec2_backends
+from moto.ec2.models.subnets import SubnetRouteTableAssociation
+from moto.elbv2.models import FakeLoadBalancer, FakeTargetGroup, elbv2_backends
 from moto.rds.models import DBInstance, MasterUserSecret
 
 
@@ -52,7 +59,12 @@ class CloudWatchAlarm(CloudFormationModel):
 
     @classmethod
     def create_from_cloudformation_json(  # type: ignore[misc]
-        cls, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str, **kwargs: Any
+        cls,
+        resource_name: str,
+        cloudformation_json: Any,
+        account_id: str,
+        region_name: str,
+        **kwargs: Any,
     ) -> "CloudWatchAlarm":
         props = cloudformation_json["Properties"]
         name = props.get("AlarmName", resource_name)
@@ -70,7 +82,9 @@ class CloudWatchAlarm(CloudFormationModel):
             dimensions=props.get("Dimensions", []),
             alarm_actions=props.get("AlarmActions", []),
             ok_actions=props.get("OKActions", []),
-            datapoints_to_alarm=int(props["DatapointsToAlarm"]) if "DatapointsToAlarm" in props else None,
+            datapoints_to_alarm=int(props["DatapointsToAlarm"])
+            if "DatapointsToAlarm" in props
+            else None,
             treat_missing_data=props.get("TreatMissingData"),
         )
         return cls(name)
@@ -88,7 +102,9 @@ class CloudWatchAlarm(CloudFormationModel):
         # (seen for DBConnectionsAlarm's `!Ref DB`); keep the alarm as it was rather than break.
         if any("Value" not in d for d in cloudformation_json["Properties"].get("Dimensions", [])):
             return original_resource
-        return cls.create_from_cloudformation_json(original_resource.name, cloudformation_json, account_id, region_name)
+        return cls.create_from_cloudformation_json(
+            original_resource.name, cloudformation_json, account_id, region_name
+        )
 
     @classmethod
     def delete_from_cloudformation_json(  # type: ignore[misc]
@@ -117,7 +133,12 @@ class ScalingPolicy(CloudFormationModel):
 
     @classmethod
     def create_from_cloudformation_json(  # type: ignore[misc]
-        cls, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str, **kwargs: Any
+        cls,
+        resource_name: str,
+        cloudformation_json: Any,
+        account_id: str,
+        region_name: str,
+        **kwargs: Any,
     ) -> "ScalingPolicy":
         props = cloudformation_json["Properties"]
         policy = autoscaling_backends[account_id][region_name].put_scaling_policy(
@@ -141,13 +162,19 @@ _create_db_instance = DBInstance.create_from_cloudformation_json.__func__
 _db_instance_attribute = DBInstance.get_cfn_attribute
 
 
-def _create_db_instance_with_managed_password(cls, resource_name, cloudformation_json, account_id, region_name, **kw):
-    database = _create_db_instance(cls, resource_name, cloudformation_json, account_id, region_name, **kw)
+def _create_db_instance_with_managed_password(
+    cls, resource_name, cloudformation_json, account_id, region_name, **kw
+):
+    database = _create_db_instance(
+        cls, resource_name, cloudformation_json, account_id, region_name, **kw
+    )
     props = cloudformation_json["Properties"]
     database.deletion_protection = bool(props.get("DeletionProtection", False))
     if props.get("ManageMasterUserPassword"):
         database.manage_master_user_password = True
-        database.master_user_secret = MasterUserSecret(database, props.get("MasterUserSecret", {}).get("KmsKeyId"))
+        database.master_user_secret = MasterUserSecret(
+            database, props.get("MasterUserSecret", {}).get("KmsKeyId")
+        )
     return database
 
 
@@ -197,6 +224,20 @@ def _build_resource_diff_against_resolved_parameters(self, other_template, param
 
 
 ResourceMap.build_resource_diff = _build_resource_diff_against_resolved_parameters
+_execute_change_set = moto.cloudformation.models.CloudFormationBackend.execute_change_set
+
+
+def _execute_change_set_and_refresh_outputs(self, change_set_name, stack_name=None):
+    _execute_change_set(self, change_set_name, stack_name)
+    for stack in self.stacks.values():
+        if stack.name == stack_name or stack.stack_id == stack_name:
+            stack._parse_template()
+            stack.output_map = stack._create_output_map()
+
+
+moto.cloudformation.models.CloudFormationBackend.execute_change_set = (
+    _execute_change_set_and_refresh_outputs
+)
 _load_balancer_attribute = FakeLoadBalancer.get_cfn_attribute
 
 
@@ -207,6 +248,46 @@ def _load_balancer_attribute_with_full_name(self, attribute_name):
 
 
 FakeLoadBalancer.get_cfn_attribute = _load_balancer_attribute_with_full_name
+_create_target_group = FakeTargetGroup.create_from_cloudformation_json.__func__
+
+
+def _create_target_group_with_attributes(
+    cls, resource_name, cloudformation_json, account_id, region_name, **kw
+):
+    group = _create_target_group(
+        cls, resource_name, cloudformation_json, account_id, region_name, **kw
+    )
+    attributes = {
+        a["Key"]: a["Value"]
+        for a in cloudformation_json["Properties"].get("TargetGroupAttributes", [])
+    }
+    if attributes:
+        elbv2_backends[account_id][region_name].modify_target_group_attributes(
+            group.arn, attributes
+        )
+    return group
+
+
+FakeTargetGroup.create_from_cloudformation_json = classmethod(_create_target_group_with_attributes)
+_create_association = SubnetRouteTableAssociation.create_from_cloudformation_json.__func__
+
+
+def _create_association_on_the_route_table(
+    cls, resource_name, cloudformation_json, account_id, region_name, **kw
+):
+    association = _create_association(
+        cls, resource_name, cloudformation_json, account_id, region_name, **kw
+    )
+    props = cloudformation_json["Properties"]
+    ec2_backends[account_id][region_name].associate_route_table(
+        props["RouteTableId"], subnet_id=props["SubnetId"]
+    )
+    return association
+
+
+SubnetRouteTableAssociation.create_from_cloudformation_json = classmethod(
+    _create_association_on_the_route_table
+)
 DBInstance.create_from_cloudformation_json = classmethod(_create_db_instance_with_managed_password)
 DBInstance.get_cfn_attribute = _db_instance_attribute_with_secret
 DBInstance.has_cfn_attr = classmethod(
