@@ -538,3 +538,16 @@ def test_deploy_sh_without_arguments_prints_usage():
     result = subprocess.run([str(DEPLOY)], capture_output=True, text=True, timeout=10, check=False)
     assert result.returncode == 2
     assert "deploy STACK AMI_ID" in result.stderr
+
+
+def test_architecture_diagram_renders_from_code(tmp_path):
+    if shutil.which("dot") is None:
+        pytest.skip("Graphviz (dot) is not installed")
+    pytest.importorskip("diagrams")
+    out = tmp_path / "architecture"
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "docs" / "diagram.py"), str(out)], check=True, timeout=60
+    )
+    png = out.with_suffix(".png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(png) > 50_000  # icons and labels, not an empty canvas
