@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -551,3 +552,65 @@ def test_architecture_diagram_renders_from_code(tmp_path):
     png = out.with_suffix(".png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     assert len(png) > 50_000  # icons and labels, not an empty canvas
+
+
+def aws_cli(env, command):
+    """Run an `aws …` command line as the README writes it (shell-quoted)."""
+    result = subprocess.run(
+        shlex.split(command), env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, f"{command}: {result.stderr}"
+    return result.stdout.strip()
+
+
+def test_readme_teardown_first_lifts_the_databases_deletion_protection(moto_env):
+    """The README's teardown commands, in order, against a stack of its own. moto 5.2.5 then
+    refuses `delete-stack` for this template (it keeps the VPC's subnets alive), so the test
+    stops after the step that is specific to this stack: deletion protection."""
+    deploy_sh(moto_env, "deploy", "hello-teardown", AMI)
+    db_id = aws_cli(
+        moto_env,
+        "aws cloudformation list-stack-resources --stack-name hello-teardown"
+        " --query \"StackResourceSummaries[?LogicalResourceId=='DB'].PhysicalResourceId\""
+        " --output text",
+    )
+    rds = client(moto_env, "rds")
+    with pytest.raises(rds.exceptions.ClientError, match=r"[Dd]eletion"):
+        rds.delete_db_instance(DBInstanceIdentifier=db_id, SkipFinalSnapshot=True)
+    aws_cli(
+        moto_env,
+        f"aws rds modify-db-instance --db-instance-identifier {db_id}"
+        " --no-deletion-protection --apply-immediately"
+        # awscli v1 (PyPI) pins rds to its public endpoint and ignores AWS_ENDPOINT_URL.
+        f" --endpoint-url {moto_env['AWS_ENDPOINT_URL']}",
+    )
+    (db,) = rds.describe_db_instances(DBInstanceIdentifier=db_id)["DBInstances"]
+    assert db["DeletionProtection"] is False
+
+
+def test_github_oidc_role_trusts_only_the_production_environment(moto_env):
+    """The README's one-time role setup (moto has no AWS::IAM::OIDCProvider, so the test uses
+    the CreateOidcProvider=false branch, which points at the account's existing provider)."""
+    template = REPO_ROOT / "infra" / "github-oidc.yaml"
+    aws_cli(
+        moto_env,
+        f"aws cloudformation deploy --stack-name github-oidc-hello --template-file {template}"
+        " --parameter-overrides GitHubRepository=example-org/hello-ha CreateOidcProvider=false"
+        " --capabilities CAPABILITY_IAM",
+    )
+    role_arn = aws_cli(
+        moto_env,
+        "aws cloudformation describe-stacks --stack-name github-oidc-hello"
+        " --query \"Stacks[0].Outputs[?OutputKey=='DeployRoleArn'].OutputValue\" --output text",
+    )
+    role = client(moto_env, "iam").get_role(RoleName=role_arn.rsplit("/", 1)[-1])["Role"]
+    (statement,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
+    assert statement["Principal"]["Federated"].endswith(
+        ":oidc-provider/token.actions.githubusercontent.com"
+    )
+    claims = statement["Condition"]["StringEquals"]
+    assert claims["token.actions.githubusercontent.com:aud"] == "sts.amazonaws.com"
+    assert claims["token.actions.githubusercontent.com:sub"] == (
+        "repo:example-org/hello-ha:environment:production"
+    )
