@@ -23,7 +23,7 @@ $(VENV)/.dev-installed: requirements.txt requirements-dev.txt start.sh
 venv: $(VENV)/.dev-installed ## Create or update the dev venv (.venv).
 
 test: venv ## Run the whole test suite.
-	$(BIN)/pytest tests -ra $(PYTEST_ARGS)
+	$(BIN)/pytest tests -ra --timeout=900 $(PYTEST_ARGS)
 
 lint: $(LINT_TARGETS) ## Run every linter.
 
@@ -32,7 +32,7 @@ lint-python: venv
 	$(BIN)/ruff format --check .
 
 lint-shell: venv
-	$(BIN)/shellcheck start.sh .ci/run infra/deploy.sh $(wildcard tests/bench/*.sh)
+	$(BIN)/shellcheck --external-sources start.sh .ci/run tests/bench/*.sh infra/deploy.sh
 
 lint-workflows: venv
 	$(BIN)/zizmor --offline .github/workflows/

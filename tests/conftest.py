@@ -7,8 +7,13 @@ reason. CI sets FORBID_SKIPS=1, and then every skip is reported as a failure ins
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
+from support import REPO_ROOT, AppProcess, PostgresCluster
+
+# The app is imported as a package from the repository root, as `python app/main.py` does.
+sys.path.insert(0, str(REPO_ROOT))
 
 FORBID_SKIPS = os.environ.get("FORBID_SKIPS") == "1"
 
@@ -23,6 +28,17 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped, but FORBID_SKIPS=1 makes every test mandatory: {reason}"
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "docker: needs a Docker engine (added automatically)")
+
+
+def pytest_collection_modifyitems(items):
+    # `-m "not docker"` then selects the tests that need no Docker engine.
+    for item in items:
+        if "docker" in item.fixturenames:
+            item.add_marker(pytest.mark.docker)
+
+
 def docker_is_available() -> bool:
     if shutil.which("docker") is None:
         return False
@@ -35,3 +51,41 @@ def docker():
     """Skip the test, with the reason, when no Docker engine answers."""
     if not docker_is_available():
         pytest.skip("Docker engine not available (docker info failed)")
+
+
+@pytest.fixture
+def app_server(tmp_path):
+    """Factory: start `python app/main.py` as a real server on a free port; stopped at teardown."""
+    servers = []
+
+    def start(**env) -> AppProcess:
+        server = AppProcess(tmp_path / f"app-{len(servers)}.log", env)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory):
+    """A PostgreSQL the tests may write to: TEST_DATABASE_URL (CI's server) or a throwaway one."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    cluster = PostgresCluster.create_or_skip()
+    cluster.start()
+    yield cluster.url
+    cluster.destroy()
+
+
+@pytest.fixture
+def postgres_cluster():
+    """A throwaway PostgreSQL server of the test's own, which it may stop and start."""
+    cluster = PostgresCluster.create_or_skip()
+    cluster.start()
+    yield cluster
+    cluster.destroy()

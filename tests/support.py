@@ -1,8 +1,15 @@
 """Small helpers shared by the tests: ports, HTTP over a real socket, polling."""
 
+import contextlib
 import http.client
 import json
+import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +69,25 @@ def wait_until(condition: Callable[[], bool], timeout: float = 15, what: str = "
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def read_response(sock: socket.socket) -> bytes:
+    """Read one HTTP response (headers and Content-Length body) from a connected socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = next(
+        (int(line.split(b":")[1]) for line in head.split(b"\r\n")
+         if line.lower().startswith(b"content-length:")),
+        0,
+    )  # fmt: skip
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
 def raw_exchange(port: int, payload: bytes, timeout: float = 5) -> bytes:
     """Send raw bytes and return whatever the server answers before closing."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
@@ -73,3 +99,132 @@ def raw_exchange(port: int, payload: bytes, timeout: float = 5) -> bytes:
         except (ConnectionResetError, TimeoutError):
             pass
         return b"".join(chunks)
+
+
+class AppProcess:
+    """`python app/main.py` as a child process, its output in a log file."""
+
+    def __init__(self, log_path: Path, env: dict[str, str]):
+        self.log_path = log_path
+        self.port = int(env.get("PORT") or free_port())
+        self.env = {
+            "PATH": os.environ["PATH"],
+            "DATABASE_URL": f"sqlite:///{log_path.parent / 'app.sqlite3'}",
+            **env,
+            "PORT": str(self.port),
+        }
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait: bool = True) -> "AppProcess":
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(REPO_ROOT / "app" / "main.py")],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        if wait:
+            wait_until(self._healthy, what=f"app on port {self.port} to answer /healthz")
+        return self
+
+    def _healthy(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"app exited with {self.proc.returncode}:\n{self.log}")
+        return http_request(self.port, "/healthz", timeout=1).status == 200
+
+    def get(self, path: str = "/", **kwargs) -> Response:
+        return http_request(self.port, path, **kwargs)
+
+    def post(self, path: str, **kwargs) -> Response:
+        return http_request(self.port, path, method="POST", **kwargs)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def log_events(self) -> list[dict]:
+        return [json.loads(line) for line in self.log.splitlines() if line.startswith("{")]
+
+    def wait_for_event(self, event: str, timeout: float = 10) -> None:
+        wait_until(
+            lambda: any(e["event"] == event for e in self.log_events()),
+            timeout=timeout,
+            what=f"log event {event!r}",
+        )
+
+    def let_server_read(self) -> None:
+        """Give the server a moment to read what was just sent: no log line marks that."""
+        time.sleep(0.3)
+
+    def terminate(self, timeout: float = 15) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class PostgresCluster:
+    """A throwaway PostgreSQL server (initdb + pg_ctl) on a free port, with a password."""
+
+    USER = "tester"
+    PASSWORD = "s3cret-test-password"  # noqa: S105 - a throwaway local cluster
+
+    def __init__(self, bindir: Path):
+        self.bindir = bindir
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="hello-pg-"))
+        self.datadir = self.root / "data"
+        # initdb refuses to run as root; the postgres user runs it then.
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{self.USER}:{self.PASSWORD}@127.0.0.1:{self.port}/postgres"
+
+    @classmethod
+    def create_or_skip(cls) -> "PostgresCluster":
+        import pytest
+
+        candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), reverse=True)
+        if shutil.which("pg_ctl"):
+            candidates.insert(0, Path(shutil.which("pg_ctl")))
+        if not candidates:
+            pytest.skip("PostgreSQL server binaries (pg_ctl, initdb) not installed")
+        cluster = cls(candidates[0].resolve().parent)
+        cluster._initdb()
+        return cluster
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run(
+            [*self.as_user, str(self.bindir / tool), *args],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def _initdb(self) -> None:
+        pwfile = self.root / "pwfile"
+        pwfile.write_text(self.PASSWORD)
+        if self.as_user:
+            shutil.chown(self.root, "postgres")
+            shutil.chown(pwfile, "postgres")
+        self._run(
+            "initdb", "-D", str(self.datadir), "-U", self.USER, f"--pwfile={pwfile}",
+            "--auth=scram-sha-256", "--no-sync",
+        )  # fmt: skip
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "start", "-D", str(self.datadir), "-w", "-o", options,
+                  "-l", str(self.root / "server.log"))  # fmt: skip
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "stop", "-D", str(self.datadir), "-m", "fast", "-w")
+
+    def destroy(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
+            self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)

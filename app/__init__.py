@@ -1,0 +1,1 @@
+"""hello-app: a Bottle app served by waitress that answers Hello World."""

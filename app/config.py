@@ -1,0 +1,110 @@
+"""Configuration: read from the environment once, validated, then passed around as a value.
+
+Nothing else in the app reads os.environ.
+"""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SQLITE_PATH = REPO_ROOT / "data" / "app.sqlite3"
+
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class ConfigError(ValueError):
+    """Raised with a one-line, human-readable message naming the bad variable."""
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "0.0.0.0"  # noqa: S104 - a server is meant to listen on all interfaces
+    port: int = 8080
+    # postgresql://… or sqlite:///…; the default is an SQLite file under data/.
+    database_url: str = f"sqlite:///{DEFAULT_SQLITE_PATH}"
+    log_level: str = "INFO"
+    threads: int = 4
+    db_timeout_seconds: float = 3.0
+    # waitress defaults to 1 GB; nothing this app accepts is anywhere near 1 MiB.
+    max_request_body_bytes: int = 1024 * 1024
+    max_request_header_bytes: int = 64 * 1024
+    # How long SIGTERM waits for in-flight requests before giving up.
+    shutdown_timeout_seconds: float = 10.0
+
+    @property
+    def database_kind(self) -> str:
+        return "postgresql" if urlsplit(self.database_url).scheme in POSTGRES_SCHEMES else "sqlite"
+
+    @property
+    def sqlite_path(self) -> Path:
+        # sqlite:////abs/path -> /abs/path ; sqlite:///rel/path -> rel/path
+        return Path(self.database_url.removeprefix("sqlite:///"))
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is out of range ({low}-{high})")
+    return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is out of range ({low}-{high} seconds)")
+    return value
+
+
+def _database_url(env: Mapping[str, str]) -> str:
+    raw = env.get("DATABASE_URL", "").strip()
+    if not raw:
+        return Config.database_url
+    parts = urlsplit(raw)
+    if parts.scheme in POSTGRES_SCHEMES:
+        if not parts.hostname and not parts.path.strip("/"):
+            raise ConfigError("DATABASE_URL names no PostgreSQL host or database")
+        return raw
+    if parts.scheme == "sqlite":
+        if not raw.startswith("sqlite:///") or raw == "sqlite:///":
+            raise ConfigError("DATABASE_URL for SQLite must look like sqlite:////absolute/path.db")
+        return raw
+    # Never echo the URL itself: it may carry a password.
+    scheme = parts.scheme or "(none)"
+    raise ConfigError(
+        f"DATABASE_URL scheme {scheme!r} is not supported (use postgresql:// or sqlite:///)"
+    )
+
+
+def load_config(env: Mapping[str, str] | None = None) -> Config:
+    """Build a Config from environment variables, or raise ConfigError."""
+    env = os.environ if env is None else env
+    log_level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL={log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    return Config(
+        host=env.get("HOST", "").strip() or Config.host,
+        port=_integer(env, "PORT", Config.port, 1, 65535),
+        database_url=_database_url(env),
+        log_level=log_level,
+        threads=_integer(env, "WAITRESS_THREADS", Config.threads, 1, 64),
+        db_timeout_seconds=_seconds(env, "DB_TIMEOUT_SECONDS", Config.db_timeout_seconds, 0.1, 30),
+        shutdown_timeout_seconds=_seconds(
+            env, "SHUTDOWN_TIMEOUT_SECONDS", Config.shutdown_timeout_seconds, 0, 300
+        ),
+    )

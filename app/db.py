@@ -1,0 +1,201 @@
+"""The visits store: PostgreSQL or SQLite, chosen by DATABASE_URL.
+
+Every operation opens its own short-lived connection, bounded by a timeout. That keeps
+failure handling trivial: there is no pool to go stale, so when the database comes back the
+next request simply works. At this app's load the cost of a connection is negligible; a pool
+(or RDS Proxy) is the step to take when it is not.
+"""
+
+import logging
+import math
+import sqlite3
+import threading
+from abc import ABC, abstractmethod
+from contextlib import closing
+from urllib.parse import urlsplit
+
+import psycopg2
+import psycopg2.errors
+
+from app.config import Config
+from app.logs import redact_url
+
+log = logging.getLogger("app.db")
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not serve the request. `reason` is safe to show a client."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Database(ABC):
+    """Shared behaviour: lazy schema creation, availability tracking, error translation."""
+
+    kind: str
+    errors: tuple[type[BaseException], ...]
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._schema_ready = False
+        self._available: bool | None = None  # None until the first attempt
+        self._state_lock = threading.Lock()
+        self._password = urlsplit(config.database_url).password
+
+    def _scrub(self, text: str) -> str:
+        """Driver messages do not normally echo the password; make sure of it."""
+        return text.replace(self._password, "***") if self._password else text
+
+    @abstractmethod
+    def _connect(self): ...
+
+    @abstractmethod
+    def _create_schema(self, conn) -> None: ...
+
+    @abstractmethod
+    def _is_missing_table(self, exc: BaseException) -> bool: ...
+
+    @abstractmethod
+    def _reason(self, exc: BaseException) -> str: ...
+
+    def ping(self) -> None:
+        self._run(lambda cur: cur.execute("SELECT 1"))
+
+    def record_visit(self) -> int:
+        def insert_and_count(cur):
+            cur.execute("INSERT INTO visits DEFAULT VALUES")
+            cur.execute("SELECT count(*) FROM visits")
+            return cur.fetchone()[0]
+
+        return self._run(insert_and_count)
+
+    def count_visits(self) -> int:
+        def count(cur):
+            cur.execute("SELECT count(*) FROM visits")
+            return cur.fetchone()[0]
+
+        return self._run(count)
+
+    def _run(self, operation):
+        """Run operation(cursor) in one transaction, creating the schema first if needed."""
+        try:
+            try:
+                result = self._transaction(operation)
+            except self.errors as exc:
+                if not self._is_missing_table(exc):
+                    raise
+                # The database was recreated under us (e.g. a fresh volume): build it again.
+                self._schema_ready = False
+                result = self._transaction(operation)
+        except self.errors as exc:
+            self._mark_unavailable(exc)
+            raise DatabaseUnavailable(self._reason(exc)) from exc
+        self._mark_available()
+        return result
+
+    def _transaction(self, operation):
+        with closing(self._connect()) as conn:
+            if not self._schema_ready:
+                self._create_schema(conn)
+                conn.commit()
+                self._schema_ready = True
+            with closing(conn.cursor()) as cur:
+                result = operation(cur)
+            conn.commit()
+            return result
+
+    def _mark_unavailable(self, exc: BaseException) -> None:
+        with self._state_lock:
+            was_available, self._available = self._available, False
+        if was_available is not False:
+            reason, detail = self._reason(exc), self._scrub(str(exc))
+            log.warning(
+                "database_lost", extra={"database": self.kind, "reason": reason, "detail": detail}
+            )
+
+    def _mark_available(self) -> None:
+        with self._state_lock:
+            was_available, self._available = self._available, True
+        if was_available is not True:
+            event = "database_back" if was_available is False else "database_connected"
+            log.info(event, extra={"database": self.kind})
+
+
+class PostgresDatabase(Database):
+    kind = "postgresql"
+    errors = (psycopg2.Error,)
+
+    def _connect(self):
+        timeout = self.config.db_timeout_seconds
+        return psycopg2.connect(
+            self.config.database_url,
+            # libpq takes whole seconds here (and treats 1 as 2).
+            connect_timeout=max(1, math.ceil(timeout)),
+            options=f"-c statement_timeout={int(timeout * 1000)}",
+            application_name="hello-app",
+            # Notice a peer that vanished mid-request instead of waiting on TCP for minutes.
+            keepalives=1,
+            keepalives_idle=5,
+            keepalives_interval=1,
+            keepalives_count=3,
+            tcp_user_timeout=int(timeout * 1000),
+        )
+
+    def _create_schema(self, conn) -> None:
+        with conn.cursor() as cur:
+            # Several instances may start at once; serialise the CREATE to avoid a race
+            # on PostgreSQL's catalog ("duplicate key value violates pg_type...").
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('hello-app schema'))")
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS visits ("
+                " id bigserial PRIMARY KEY,"
+                " visited_at timestamptz NOT NULL DEFAULT now())"
+            )
+
+    def _is_missing_table(self, exc: BaseException) -> bool:
+        return isinstance(exc, psycopg2.errors.UndefinedTable)
+
+    def _reason(self, exc: BaseException) -> str:
+        if isinstance(exc, psycopg2.errors.QueryCanceled) or "timeout" in str(exc).lower():
+            return "database timed out"
+        if isinstance(exc, psycopg2.OperationalError):
+            return "database unreachable"
+        return "database error"
+
+
+class SQLiteDatabase(Database):
+    kind = "sqlite"
+    errors = (sqlite3.Error, OSError)
+
+    def _connect(self):
+        path = self.config.sqlite_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return sqlite3.connect(path, timeout=self.config.db_timeout_seconds)
+
+    def _create_schema(self, conn) -> None:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS visits ("
+            " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " visited_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+        )
+
+    def _is_missing_table(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc)
+
+    def _reason(self, exc: BaseException) -> str:
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            return "database timed out"
+        return "database unavailable"
+
+
+def open_database(config: Config) -> Database:
+    """The Database for config.database_url. Connects lazily: never fails at start."""
+    database_class = PostgresDatabase if config.database_kind == "postgresql" else SQLiteDatabase
+    database = database_class(config)
+    log.info(
+        "database_selected",
+        extra={"database": database.kind, "url": redact_url(config.database_url)},
+    )
+    return database

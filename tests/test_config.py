@@ -1,0 +1,87 @@
+"""Configuration is read from the environment once and refused, clearly, when invalid."""
+
+import socket
+import subprocess
+import sys
+
+import pytest
+from support import REPO_ROOT, free_port
+
+from app.config import Config, ConfigError, load_config
+
+
+def test_defaults_listen_on_8080_with_sqlite_under_data():
+    config = load_config({})
+    assert config.port == 8080
+    assert config.database_kind == "sqlite"
+    assert config.sqlite_path == REPO_ROOT / "data" / "app.sqlite3"
+    assert config.max_request_body_bytes == 1024 * 1024
+
+
+def test_environment_overrides_are_applied():
+    config = load_config(
+        {
+            "PORT": "9000",
+            "DATABASE_URL": "postgresql://u:p@db:5432/app",
+            "LOG_LEVEL": "debug",
+            "WAITRESS_THREADS": "8",
+            "DB_TIMEOUT_SECONDS": "1.5",
+        }
+    )
+    assert config == Config(
+        port=9000,
+        database_url="postgresql://u:p@db:5432/app",
+        log_level="DEBUG",
+        threads=8,
+        db_timeout_seconds=1.5,
+    )
+    assert config.database_kind == "postgresql"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PORT": "abc"}, "PORT='abc' is not a whole number"),
+        ({"PORT": "70000"}, "PORT=70000 is out of range"),
+        ({"PORT": "0"}, "PORT=0 is out of range"),
+        ({"DATABASE_URL": "mysql://u:p@h/d"}, "scheme 'mysql' is not supported"),
+        ({"DATABASE_URL": "localhost:5432"}, "is not supported"),
+        ({"DATABASE_URL": "sqlite://relative.db"}, "sqlite:////absolute/path.db"),
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL='LOUD' is not one of"),
+        ({"WAITRESS_THREADS": "0"}, "WAITRESS_THREADS=0 is out of range"),
+        ({"DB_TIMEOUT_SECONDS": "soon"}, "is not a number of seconds"),
+    ],
+)
+def test_invalid_configuration_is_refused_with_a_message_naming_the_variable(env, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(env)
+
+
+def test_unsupported_database_url_error_does_not_echo_the_password():
+    with pytest.raises(ConfigError) as excinfo:
+        load_config({"DATABASE_URL": "mysql://user:hunter2@db/app"})
+    assert "hunter2" not in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"PORT": "abc"}, {"PORT": "70000"}, {"DATABASE_URL": "redis://:pw@cache:6379/0"}],
+)
+def test_invalid_configuration_exits_2_with_one_line_before_binding(env):
+    port = free_port()
+    env = {"PATH": "/usr/bin:/bin", "PORT": str(port), **env}
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "app" / "main.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("configuration error: ")
+    # Nothing was bound: the port is still free.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))

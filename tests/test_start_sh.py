@@ -1,0 +1,241 @@
+"""start.sh for real: each test runs it in a copy of the project, on a free port."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from support import REPO_ROOT, free_port, http_request
+
+
+class Checkout:
+    """A copy of what start.sh needs, so tests never touch the developer's logs or app."""
+
+    def __init__(self, root: Path, venv: Path):
+        self.root = root
+        self.port = free_port()
+        self.venv = venv
+        shutil.copytree(
+            REPO_ROOT / "app", root / "app", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        shutil.copy2(REPO_ROOT / "start.sh", root / "start.sh")
+        shutil.copy2(REPO_ROOT / "requirements.txt", root / "requirements.txt")
+
+    def run(self, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+        full_env = {
+            "PATH": os.environ["PATH"],
+            "HOME": os.environ.get("HOME", "/root"),
+            "PORT": str(self.port),
+            "VENV_DIR": str(self.venv),
+            **env,
+        }
+        return subprocess.run(
+            [str(self.root / "start.sh"), *args],
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / ".run" / "app.pid"
+
+    @property
+    def log(self) -> str:
+        path = self.root / "logs" / "app.log"
+        return path.read_text() if path.exists() else ""
+
+    def pid(self) -> int:
+        return int(self.pid_file.read_text())
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped) is not alive either.
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return state != "Z"
+
+
+@pytest.fixture
+def checkout(tmp_path):
+    co = Checkout(tmp_path / "project", Path(sys.prefix))
+    yield co
+    co.run("stop")
+
+
+def test_start_serves_hello_world_and_prints_url_pid_and_log_path(checkout):
+    result = checkout.run()
+    assert result.returncode == 0, result.stderr
+    assert f"http://localhost:{checkout.port}" in result.stdout
+    assert f"pid {checkout.pid()}" in result.stdout
+    assert "logs/app.log" in result.stdout
+    assert http_request(checkout.port, "/").text == "Hello World"
+    # stdout and stderr of the app are appended to logs/app.log.
+    assert '"event": "ready"' in checkout.log
+
+
+def test_status_says_running_with_pid_and_url(checkout):
+    checkout.run()
+    result = checkout.run("status")
+    assert result.returncode == 0
+    assert f"pid {checkout.pid()}" in result.stdout
+    assert f"http://localhost:{checkout.port}" in result.stdout
+
+
+def test_status_when_not_running_exits_3(checkout):
+    result = checkout.run("status")
+    assert result.returncode == 3
+    assert "not running" in result.stdout
+
+
+def test_stop_sends_sigterm_and_waits_for_a_clean_exit(checkout):
+    checkout.run()
+    pid = checkout.pid()
+    result = checkout.run("stop")
+    assert result.returncode == 0
+    assert f"stopped (pid {pid})" in result.stdout
+    assert not is_alive(pid)
+    assert not checkout.pid_file.exists()
+    assert '"event": "stopped"' in checkout.log  # it shut down itself, not by SIGKILL
+
+
+def test_start_when_already_running_keeps_the_running_app(checkout):
+    checkout.run()
+    pid = checkout.pid()
+    result = checkout.run()
+    assert result.returncode == 0
+    assert "already running" in result.stdout
+    assert checkout.pid() == pid and is_alive(pid)
+
+
+def test_port_in_use_is_refused_with_a_clear_message(checkout):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", checkout.port))
+        holder.listen()
+        result = checkout.run()
+    assert result.returncode == 1
+    assert f"port {checkout.port} is already in use" in result.stderr
+    assert f"pid {os.getpid()}" in result.stderr  # names the process holding it
+    assert not checkout.pid_file.exists()
+    assert checkout.log == ""  # nothing was started
+
+
+def test_port_taken_by_another_copy_leaves_that_app_untouched(checkout, tmp_path):
+    checkout.run()
+    first_pid = checkout.pid()
+    second = Checkout(tmp_path / "second", checkout.venv)
+    second.port = checkout.port
+    result = second.run()
+    assert result.returncode == 1
+    assert f"pid {first_pid}" in result.stderr
+    assert is_alive(first_pid)
+    assert http_request(checkout.port, "/").text == "Hello World"
+
+
+def test_stale_pid_file_of_a_dead_process_is_ignored(checkout):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    checkout.pid_file.parent.mkdir()
+    checkout.pid_file.write_text(f"{dead.pid}\n")
+
+    status = checkout.run("status")
+    assert status.returncode == 3
+    assert "stale" in status.stdout
+
+    checkout.pid_file.write_text(f"{dead.pid}\n")
+    assert checkout.run().returncode == 0
+    assert http_request(checkout.port, "/").status == 200
+
+
+def test_pid_reused_by_another_program_is_neither_reported_nor_killed(checkout):
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        checkout.pid_file.parent.mkdir()
+        checkout.pid_file.write_text(f"{other.pid}\n")
+        assert checkout.run("status").returncode == 3
+        checkout.pid_file.write_text(f"{other.pid}\n")
+        assert checkout.run("stop").returncode == 0
+        assert other.poll() is None, "stop must not signal a process that is not the app"
+        assert checkout.run().returncode == 0
+        assert checkout.pid() != other.pid
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PORT": "70000"}, "configuration error: PORT=70000 is out of range"),
+        ({"PORT": "abc"}, "configuration error: PORT='abc' is not a whole number"),
+        ({"DATABASE_URL": "mysql://u:p@db/app"}, "configuration error: DATABASE_URL scheme"),
+    ],
+)
+def test_bad_configuration_fails_and_shows_the_log_tail(checkout, env, message):
+    result = checkout.run(**env)
+    assert result.returncode == 1
+    assert "failed to start (exit code 2)" in result.stderr
+    assert message in result.stderr
+    assert checkout.run("status").returncode == 3
+
+
+def test_a_crashing_app_fails_the_start_and_shows_the_log_tail(checkout):
+    (checkout.root / "app" / "main.py").write_text("raise RuntimeError('boom at start')\n")
+    result = checkout.run()
+    assert result.returncode == 1
+    assert "failed to start (exit code 1)" in result.stderr
+    assert "RuntimeError: boom at start" in result.stderr
+
+
+def test_an_app_that_never_answers_times_out_and_is_stopped(checkout):
+    (checkout.root / "app" / "main.py").write_text("import time\ntime.sleep(120)\n")
+    result = checkout.run(START_TIMEOUT="1")
+    assert result.returncode == 1
+    assert "did not answer" in result.stderr
+    hung = subprocess.run(["pgrep", "-f", str(checkout.root / "app" / "main.py")], check=False)
+    assert hung.returncode == 1, "the hung process must have been stopped"
+
+
+def test_fresh_clone_creates_the_venv_then_start_is_a_quick_no_op(checkout, tmp_path):
+    checkout.venv = tmp_path / "fresh-venv"
+    first = checkout.run("install", timeout=300, PYTHON=sys.executable)
+    assert first.returncode == 0, first.stderr
+    assert "Creating the virtual environment" in first.stdout
+    assert (checkout.venv / "bin" / "waitress-serve").exists()
+
+    again = checkout.run()
+    assert again.returncode == 0, again.stderr
+    assert "Installing" not in again.stdout
+    assert http_request(checkout.port, "/").text == "Hello World"
+
+    # A changed requirements.txt is noticed and installed again.
+    with (checkout.root / "requirements.txt").open("a") as f:
+        f.write("# touched\n")
+    assert "Installing" in checkout.run("install", timeout=300).stdout
+
+
+def test_unknown_command_is_a_usage_error(checkout):
+    result = checkout.run("launch")
+    assert result.returncode == 2
+    assert "unknown command 'launch'" in result.stderr
+
+
+def test_status_notices_an_app_stopped_outside_the_script(checkout):
+    checkout.run()
+    pid = checkout.pid()
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while is_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not is_alive(pid)
+    assert checkout.run("status").returncode == 3
