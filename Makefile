@@ -7,9 +7,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Each piece of the project adds its linters here.
-LINT_TARGETS := lint-python lint-shell lint-workflows lint-infra
+LINT_TARGETS := lint-python lint-shell lint-workflows lint-docker lint-yaml lint-infra
 
-.PHONY: help venv test lint $(LINT_TARGETS) bench clean diagram
+.PHONY: help venv test lint $(LINT_TARGETS) bench clean images bench-docker diagram
 
 help: ## List the targets.
 	@grep -E '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -32,10 +32,23 @@ lint-python: venv
 	$(BIN)/ruff format --check .
 
 lint-shell: venv
-	$(BIN)/shellcheck --external-sources start.sh .ci/run tests/bench/*.sh infra/deploy.sh
+	$(BIN)/shellcheck --external-sources start.sh .ci/run tests/bench/*.sh \
+	  tests/compose_smoke.sh tests/images/*.sh tests/images/*/*.sh infra/deploy.sh
 
 lint-workflows: venv
 	$(BIN)/zizmor --offline .github/workflows/
+
+lint-docker: venv
+	$(BIN)/hadolint Dockerfile $(wildcard tests/images/*/Dockerfile)
+
+lint-yaml: venv
+	$(BIN)/yamllint --strict .
+
+images: ## Build the offline stand-ins for the public base images; writes .env.offline.
+	tests/images/build.sh
+
+bench-docker: ## Measure image size, code-only rebuild and compose start-up; prints figures.
+	tests/bench/docker.sh
 
 # checkov pins many of its dependencies; its own venv keeps them out of the dev venv.
 CHECKOV_VENV ?= .venv-checkov

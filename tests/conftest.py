@@ -89,3 +89,17 @@ def postgres_cluster():
     cluster.start()
     yield cluster
     cluster.destroy()
+
+
+@pytest.fixture(scope="session")
+def base_images(docker) -> dict[str, str]:
+    """PYTHON_IMAGE and POSTGRES_IMAGE for builds and compose, from tests/images/select.sh.
+
+    The public images when they are present or can be pulled (GitHub's runners), otherwise
+    the offline stand-ins of tests/images/, built on first use (`make images`).
+    """
+    select = subprocess.run(
+        [REPO_ROOT / "tests/images/select.sh"], capture_output=True, text=True, timeout=1800
+    )
+    assert select.returncode == 0, f"no base images to build on:\n{select.stderr}"
+    return dict(line.split("=", 1) for line in select.stdout.splitlines())
