@@ -7,9 +7,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Each piece of the project adds its linters here.
-LINT_TARGETS := lint-python lint-shell lint-workflows lint-docker lint-yaml lint-ansible lint-packer
+LINT_TARGETS := lint-python lint-shell lint-workflows lint-docker lint-yaml lint-ansible \
+  lint-packer lint-infra
 
-.PHONY: help venv test lint $(LINT_TARGETS) bench clean images bench-docker molecule packer-validate
+.PHONY: help venv test lint $(LINT_TARGETS) bench clean images bench-docker molecule \
+  packer-validate diagram
 
 help: ## List the targets.
 	@grep -E '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -34,7 +36,7 @@ lint-python: venv
 lint-shell: venv
 	$(BIN)/shellcheck --external-sources start.sh .ci/run tests/bench/*.sh \
 	  tests/compose_smoke.sh $(wildcard tests/images/*.sh tests/images/*/*.sh) \
-	  packer/validate-offline.sh
+	  packer/validate-offline.sh infra/deploy.sh
 
 lint-workflows: venv
 	$(BIN)/zizmor --offline .github/workflows/
@@ -68,9 +70,23 @@ images: ## Build the offline stand-ins for the public base images; writes .env.o
 bench-docker: ## Measure image size, code-only rebuild and compose start-up; prints figures.
 	tests/bench/docker.sh
 
+# checkov pins many of its dependencies; its own venv keeps them out of the dev venv.
+CHECKOV_VENV ?= .venv-checkov
+$(CHECKOV_VENV)/.installed: infra/requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/requirements-checkov.txt
+	touch $@
+
+lint-infra: venv $(CHECKOV_VENV)/.installed
+	$(BIN)/cfn-lint infra/*.yaml
+	$(CHECKOV_VENV)/bin/checkov --directory infra --framework cloudformation --compact --quiet --skip-download
+
+diagram: venv ## Render docs/architecture.png from docs/diagram.py (needs Graphviz).
+	$(BIN)/python docs/diagram.py
+
 bench: venv ## Measure start-up time and HTTP throughput; prints figures, asserts nothing.
 	tests/bench/run.sh
 
 clean: ## Remove the venv, logs, local data and caches.
-	rm -rf $(VENV) logs data .run .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) logs data .run .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

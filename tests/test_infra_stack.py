@@ -1,0 +1,616 @@
+"""infra/hello-app.yaml deployed against moto's server, then checked through the AWS APIs.
+
+The stack is created by infra/deploy.sh (the script the deploy workflow runs), so the
+change-set path is exercised too. See tests/infra_moto_server.py for what moto lacks.
+"""
+
+import ast
+import base64
+import json
+import os
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+import urllib.parse
+
+import pytest
+from support import REPO_ROOT, free_port, wait_until
+
+boto3 = pytest.importorskip("boto3")
+
+REGION = "us-east-1"
+AMI = "ami-0123456789abcdef0"
+NEW_AMI = "ami-0fedcba9876543210"
+DEPLOY = REPO_ROOT / "infra" / "deploy.sh"
+
+
+@pytest.fixture(scope="module")
+def moto_env(tmp_path_factory):
+    """moto's server on a free port, and the environment that points AWS clients at it."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "tests" / "infra_moto_server.py"), str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_REGION": REGION,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",  # the venv's aws CLI
+    }
+    env.pop("AWS_PROFILE", None)
+    try:
+        wait_until(lambda: _answers(port), timeout=30, what="moto server")
+        yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        log.close()
+
+
+def _answers(port):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+
+
+def client(env, service):
+    return boto3.client(
+        service,
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",  # noqa: S106 - moto accepts any key
+    )
+
+
+def deploy_sh(env, *args, check=True):
+    result = subprocess.run(
+        [str(DEPLOY), *args], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"deploy.sh {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def stack_facts(env, name):
+    cfn = client(env, "cloudformation")
+    stack = cfn.describe_stacks(StackName=name)["Stacks"][0]
+    resources = {
+        r["LogicalResourceId"]: r["PhysicalResourceId"]
+        for r in cfn.list_stack_resources(StackName=name)["StackResourceSummaries"]
+    }
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+    return stack, resources, outputs
+
+
+@pytest.fixture(scope="module")
+def http_stack(moto_env):
+    """The stack without a certificate (plain HTTP), created through deploy.sh."""
+    deploy_sh(moto_env, "deploy", "hello-http", AMI)
+    return stack_facts(moto_env, "hello-http")
+
+
+@pytest.fixture(scope="module")
+def https_stack(moto_env):
+    acm = client(moto_env, "acm")
+    certificate = acm.request_certificate(DomainName="hello.example.com")["CertificateArn"]
+    deploy_sh(
+        moto_env,
+        "deploy",
+        "hello-https",
+        AMI,
+        f"CertificateArn={certificate}",
+        "AlarmEmail=ops@example.com",
+    )
+    return (*stack_facts(moto_env, "hello-https"), certificate)
+
+
+def test_stack_is_created_through_a_change_set(http_stack):
+    stack, _, _ = http_stack
+    assert stack["StackStatus"] == "CREATE_COMPLETE"
+
+
+def test_public_and_private_subnets_span_two_availability_zones(moto_env, http_stack):
+    _, resources, _ = http_stack
+    ec2 = client(moto_env, "ec2")
+    for tier in ("Public", "Private"):
+        ids = [resources[f"{tier}SubnetA"], resources[f"{tier}SubnetB"]]
+        subnets = ec2.describe_subnets(SubnetIds=ids)["Subnets"]
+        assert len({s["AvailabilityZone"] for s in subnets}) == 2, tier
+        assert not any(s["MapPublicIpOnLaunch"] for s in subnets), tier
+
+
+def test_private_subnets_have_no_route_to_the_internet(moto_env, http_stack):
+    _, resources, _ = http_stack
+    ec2 = client(moto_env, "ec2")
+    private = {resources["PrivateSubnetA"], resources["PrivateSubnetB"]}
+    tables = ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [resources["Vpc"]]}])[
+        "RouteTables"
+    ]
+    serving = [t for t in tables if private & {a.get("SubnetId") for a in t["Associations"]}]
+    assert {
+        a["SubnetId"] for t in serving for a in t["Associations"] if a.get("SubnetId")
+    } == private
+    for table in serving:
+        assert all(r.get("DestinationCidrBlock") != "0.0.0.0/0" for r in table["Routes"])
+    public = [
+        t
+        for t in tables
+        if resources["PublicSubnetA"] in {a.get("SubnetId") for a in t["Associations"]}
+    ]
+    assert any(r.get("GatewayId", "").startswith("igw-") for r in public[0]["Routes"])
+
+
+def test_instances_reach_the_aws_apis_they_need_through_endpoints(moto_env, http_stack):
+    _, resources, _ = http_stack
+    endpoints = client(moto_env, "ec2").describe_vpc_endpoints(
+        Filters=[{"Name": "vpc-id", "Values": [resources["Vpc"]]}]
+    )["VpcEndpoints"]
+    services = {e["ServiceName"].rsplit(".", 1)[-1] for e in endpoints}
+    assert services == {
+        "ssm",
+        "ssmmessages",
+        "ec2messages",
+        "logs",
+        "secretsmanager",
+        "cloudformation",
+    }
+    for endpoint in endpoints:
+        assert sorted(endpoint["SubnetIds"]) == sorted(
+            [resources["PrivateSubnetA"], resources["PrivateSubnetB"]]
+        )
+
+
+def test_http_listener_forwards_to_a_target_group_checking_healthz(moto_env, http_stack):
+    _, resources, _ = http_stack
+    elb = client(moto_env, "elbv2")
+    listeners = elb.describe_listeners(LoadBalancerArn=resources["LoadBalancer"])["Listeners"]
+    assert [(listener["Port"], listener["Protocol"]) for listener in listeners] == [(80, "HTTP")]
+    (action,) = listeners[0]["DefaultActions"]
+    assert action["Type"] == "forward"
+    (group,) = elb.describe_target_groups(TargetGroupArns=[action["TargetGroupArn"]])[
+        "TargetGroups"
+    ]
+    assert group["HealthCheckPath"] == "/healthz"
+    assert group["Port"] == 8080
+    assert (
+        group["HealthCheckIntervalSeconds"],
+        group["HealthyThresholdCount"],
+        group["UnhealthyThresholdCount"],
+    ) == (10, 2, 3)
+    attributes = {
+        a["Key"]: a["Value"]
+        for a in elb.describe_target_group_attributes(TargetGroupArn=group["TargetGroupArn"])[
+            "Attributes"
+        ]
+    }
+    assert attributes["deregistration_delay.timeout_seconds"] == "30"
+
+
+def test_load_balancer_is_internet_facing_in_the_public_subnets(moto_env, http_stack):
+    _, resources, outputs = http_stack
+    (balancer,) = client(moto_env, "elbv2").describe_load_balancers(
+        LoadBalancerArns=[resources["LoadBalancer"]]
+    )["LoadBalancers"]
+    assert balancer["Scheme"] == "internet-facing"
+    assert sorted(z["SubnetId"] for z in balancer["AvailabilityZones"]) == sorted(
+        [resources["PublicSubnetA"], resources["PublicSubnetB"]]
+    )
+    assert outputs["LoadBalancerUrl"] == f"http://{balancer['DNSName']}"
+
+
+def test_auto_scaling_group_keeps_two_instances_over_two_private_subnets(moto_env, http_stack):
+    _, resources, _ = http_stack
+    autoscaling = client(moto_env, "autoscaling")
+    (group,) = autoscaling.describe_auto_scaling_groups(
+        AutoScalingGroupNames=[resources["AutoScalingGroup"]]
+    )["AutoScalingGroups"]
+    assert group["MinSize"] >= 2
+    assert group["MaxSize"] > group["MinSize"]
+    assert sorted(group["VPCZoneIdentifier"].split(",")) == sorted(
+        [resources["PrivateSubnetA"], resources["PrivateSubnetB"]]
+    )
+    assert group["HealthCheckType"] == "ELB"
+    assert group["HealthCheckGracePeriod"] >= 180
+    assert group["TargetGroupARNs"] == [resources["TargetGroup"]]
+    (policy,) = autoscaling.describe_policies(AutoScalingGroupName=group["AutoScalingGroupName"])[
+        "ScalingPolicies"
+    ]
+    assert policy["PolicyType"] == "TargetTrackingScaling"
+    assert policy["TargetTrackingConfiguration"]["PredefinedMetricSpecification"][
+        "PredefinedMetricType"
+    ] == ("ASGAverageCPUUtilization")
+
+
+def launch_template_data(env, template_id, version="$Latest"):
+    (found,) = client(env, "ec2").describe_launch_template_versions(
+        LaunchTemplateId=template_id, Versions=[version]
+    )["LaunchTemplateVersions"]
+    return found["LaunchTemplateData"]
+
+
+def test_launch_template_requires_imdsv2_and_has_no_public_ip(moto_env, http_stack):
+    _, resources, _ = http_stack
+    data = launch_template_data(moto_env, resources["LaunchTemplate"])
+    assert data["ImageId"] == AMI
+    assert data["MetadataOptions"]["HttpTokens"] == "required"
+    assert data["NetworkInterfaces"][0]["AssociatePublicIpAddress"] is False
+    assert "KeyName" not in data
+    assert all(m["Ebs"]["Encrypted"] for m in data["BlockDeviceMappings"])
+
+
+def test_database_is_multi_az_encrypted_private_and_protected(moto_env, http_stack):
+    _, resources, outputs = http_stack
+    (db,) = client(moto_env, "rds").describe_db_instances(DBInstanceIdentifier=resources["DB"])[
+        "DBInstances"
+    ]
+    assert db["Engine"] == "postgres"
+    assert db["MultiAZ"] is True
+    assert db["StorageEncrypted"] is True
+    assert db["PubliclyAccessible"] is False
+    assert db["DeletionProtection"] is True
+    assert db["BackupRetentionPeriod"] >= 1
+    assert db["MasterUserSecret"]["SecretArn"] == outputs["DatabaseSecretArn"]
+    assert sorted(s["SubnetIdentifier"] for s in db["DBSubnetGroup"]["Subnets"]) == sorted(
+        [resources["PrivateSubnetA"], resources["PrivateSubnetB"]]
+    )
+
+
+def test_instance_role_reads_only_its_own_database_secret(moto_env, http_stack):
+    _, resources, outputs = http_stack
+    iam = client(moto_env, "iam")
+    document = iam.get_role_policy(
+        RoleName=resources["InstanceRole"], PolicyName="read-own-database-secret"
+    )["PolicyDocument"]
+    if isinstance(document, str):  # moto keeps a policy given by CloudFormation as a Python repr
+        document = ast.literal_eval(document)
+    (statement,) = document["Statement"]
+    assert statement["Action"] == "secretsmanager:GetSecretValue"
+    assert statement["Resource"] == outputs["DatabaseSecretArn"]
+    inline = iam.list_role_policies(RoleName=resources["InstanceRole"])["PolicyNames"]
+    assert sorted(inline) == [
+        "read-own-database-secret",
+        "ship-app-log",
+        "signal-readiness-to-this-stack",
+    ]
+    # moto does not record AWS managed policies attached through ManagedPolicyArns, so the
+    # AmazonSSMManagedInstanceCore attachment is checked by cfn-lint/checkov only.
+
+
+def test_every_alarm_says_what_to_do_and_notifies_the_topic(moto_env, http_stack):
+    _, resources, outputs = http_stack
+    names = [resources[n] for n in resources if n.endswith("Alarm")]
+    alarms = client(moto_env, "cloudwatch").describe_alarms(AlarmNames=names)["MetricAlarms"]
+    metrics = {a["MetricName"] for a in alarms}
+    assert {
+        "HTTPCode_ELB_5XX_Count",
+        "HTTPCode_Target_5XX_Count",
+        "UnHealthyHostCount",
+        "TargetResponseTime",
+        "CPUUtilization",
+        "FreeStorageSpace",
+        "DatabaseConnections",
+    } <= metrics
+    for alarm in alarms:
+        assert alarm["AlarmActions"] == [outputs["AlarmTopicArn"]], alarm["AlarmName"]
+        assert len(alarm["AlarmDescription"]) > 80, alarm["AlarmName"]
+        assert all(d.get("Value") for d in alarm["Dimensions"]), alarm["AlarmName"]
+    (p99,) = [a for a in alarms if a["MetricName"] == "TargetResponseTime"]
+    assert p99["ExtendedStatistic"] == "p99"
+
+
+def test_dashboard_and_log_group_exist_with_retention(moto_env, http_stack):
+    _, resources, outputs = http_stack
+    body = json.loads(
+        client(moto_env, "cloudwatch").get_dashboard(DashboardName=resources["Dashboard"])[
+            "DashboardBody"
+        ]
+    )
+    assert len(body["widgets"]) >= 6
+    assert outputs["DashboardUrl"].endswith(f"dashboards:name={resources['Dashboard']}")
+    (group,) = client(moto_env, "logs").describe_log_groups(
+        logGroupNamePrefix=outputs["AppLogGroupName"]
+    )["logGroups"]
+    assert group["retentionInDays"] == 30
+
+
+def test_with_a_certificate_http_redirects_to_https(moto_env, https_stack):
+    stack, resources, outputs, certificate = https_stack
+    assert stack["StackStatus"] == "CREATE_COMPLETE"
+    elb = client(moto_env, "elbv2")
+    found = elb.describe_listeners(LoadBalancerArn=resources["LoadBalancer"])["Listeners"]
+    listeners = {listener["Port"]: listener for listener in found}
+    assert sorted(listeners) == [80, 443]
+    (redirect,) = listeners[80]["DefaultActions"]
+    assert redirect["Type"] == "redirect"
+    assert redirect["RedirectConfig"]["Protocol"] == "HTTPS"
+    assert redirect["RedirectConfig"]["StatusCode"] == "HTTP_301"
+    https = listeners[443]
+    assert https["Protocol"] == "HTTPS"
+    assert [c["CertificateArn"] for c in https["Certificates"]] == [certificate]
+    assert https["DefaultActions"][0]["TargetGroupArn"] == resources["TargetGroup"]
+    assert outputs["LoadBalancerUrl"].startswith("https://")
+    rules = client(moto_env, "ec2").describe_security_groups(
+        GroupIds=[resources["AlbSecurityGroup"]]
+    )["SecurityGroups"][0]["IpPermissions"]
+    assert {r["FromPort"] for r in rules} == {80, 443}
+
+
+def test_alarm_email_is_subscribed_when_given(moto_env, https_stack):
+    _, _, outputs, _ = https_stack
+    subscriptions = client(moto_env, "sns").list_subscriptions_by_topic(
+        TopicArn=outputs["AlarmTopicArn"]
+    )["Subscriptions"]
+    assert [(s["Protocol"], s["Endpoint"]) for s in subscriptions] == [("email", "ops@example.com")]
+
+
+def test_deploying_a_new_ami_updates_the_launch_template_and_rollback_restores_it(moto_env):
+    deploy_sh(moto_env, "deploy", "hello-roll", AMI)
+    _, resources, _ = stack_facts(moto_env, "hello-roll")
+    assert deploy_sh(moto_env, "current-ami", "hello-roll").stdout.strip() == AMI
+
+    deploy_sh(moto_env, "deploy", "hello-roll", NEW_AMI)
+    assert deploy_sh(moto_env, "current-ami", "hello-roll").stdout.strip() == NEW_AMI
+    assert launch_template_data(moto_env, resources["LaunchTemplate"])["ImageId"] == NEW_AMI
+    stack, _, _ = stack_facts(moto_env, "hello-roll")
+    assert stack["StackStatus"] == "UPDATE_COMPLETE"
+    # Every other parameter kept its value.
+    assert {p["ParameterKey"]: p["ParameterValue"] for p in stack["Parameters"]}["MinSize"] == "2"
+
+    deploy_sh(moto_env, "rollback", "hello-roll", AMI)
+    assert deploy_sh(moto_env, "current-ami", "hello-roll").stdout.strip() == AMI
+    assert launch_template_data(moto_env, resources["LaunchTemplate"])["ImageId"] == AMI
+
+
+def test_deploying_the_same_ami_again_changes_nothing(moto_env, http_stack):
+    result = deploy_sh(moto_env, "deploy", "hello-http", AMI)
+    assert "nothing to change" in result.stderr
+
+
+def test_deploy_refuses_a_malformed_ami_id(moto_env):
+    result = deploy_sh(moto_env, "deploy", "hello-http", "not-an-ami", check=False)
+    assert result.returncode == 1
+    assert "is not an AMI ID" in result.stderr
+
+
+def test_current_ami_of_a_missing_stack_is_empty(moto_env):
+    assert deploy_sh(moto_env, "current-ami", "no-such-stack").stdout.strip() == ""
+
+
+def test_ami_id_comes_from_the_packer_manifest(moto_env, tmp_path):
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(
+        json.dumps(
+            {
+                "builds": [
+                    {"artifact_id": "us-east-1:ami-0aaaaaaaaaaaaaaa1"},
+                    {"artifact_id": f"us-east-1:{NEW_AMI}"},
+                ]
+            }
+        )
+    )
+    assert deploy_sh(moto_env, "ami-from-manifest", str(manifest)).stdout.strip() == NEW_AMI
+
+
+# ---------------------------------------------------------------- the boot script in UserData
+
+
+def user_data_parts(env, template_id):
+    script = base64.b64decode(launch_template_data(env, template_id)["UserData"]).decode()
+    settings = re.search(r"<<'JSON'\n(.*?)\nJSON\n", script, re.S).group(1)
+    configure = re.search(r"<<'PY'\n(.*?)\nPY\n", script, re.S).group(1)
+    return script, json.loads(settings), configure
+
+
+def test_user_data_points_the_boot_script_at_this_stacks_database(moto_env, http_stack):
+    _, resources, outputs = http_stack
+    script, settings, _ = user_data_parts(moto_env, resources["LaunchTemplate"])
+    assert script.startswith("#!/bin/bash\nset -euo pipefail\n")
+    assert settings["secret_arn"] == outputs["DatabaseSecretArn"]
+    assert settings["db_host"] == outputs["DatabaseEndpoint"]
+    assert settings["db_port"] == "5432"
+    assert settings["log_group"] == outputs["AppLogGroupName"]
+    assert settings["stack_name"] == "hello-http"
+    assert "/usr/local/sbin/hello-app-configure boot" in script
+
+
+def test_boot_script_writes_database_url_from_the_deployed_secret(moto_env, http_stack, tmp_path):
+    """Run the UserData's own configure script, as deployed, against moto's Secrets Manager."""
+    _, resources, outputs = http_stack
+    _, settings, configure = user_data_parts(moto_env, resources["LaunchTemplate"])
+    root = tmp_path / "root"
+    (root / "etc/hello-app").mkdir(parents=True)
+    (root / "etc/hello-app/aws.json").write_text(json.dumps(settings))
+    (root / "etc/hello-app/hello-app.env").write_text(
+        "PORT=8080\nDATABASE_URL=postgresql://stale\n"
+    )
+    script = tmp_path / "hello-app-configure"
+    script.write_text(configure)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "systemctl-calls"
+    fake_systemctl = bin_dir / "systemctl"
+    fake_systemctl.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    fake_systemctl.chmod(0o755)
+    import grp
+
+    env = {
+        **moto_env,
+        "HELLO_APP_CONFIGURE_ROOT": str(root),
+        "HELLO_APP_GROUP": grp.getgrgid(os.getgid()).gr_name,
+        "PATH": f"{bin_dir}:{moto_env['PATH']}",
+    }
+
+    def refresh():
+        return subprocess.run(
+            [sys.executable, str(script), "refresh"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    result = refresh()
+    assert result.returncode == 0, result.stderr
+    secret = json.loads(
+        client(moto_env, "secretsmanager").get_secret_value(SecretId=outputs["DatabaseSecretArn"])[
+            "SecretString"
+        ]
+    )
+    env_file = root / "etc/hello-app/hello-app.env"
+    lines = env_file.read_text().splitlines()
+    assert lines[0] == "PORT=8080"  # other settings are kept
+    (url_line,) = [line for line in lines if line.startswith("DATABASE_URL=")]
+    url = urllib.parse.urlsplit(url_line.removeprefix("DATABASE_URL="))
+    assert url.scheme == "postgresql"
+    assert url.hostname == outputs["DatabaseEndpoint"]
+    assert url.port == 5432 and url.path == "/hello"
+    assert urllib.parse.unquote(url.username) == secret["username"]
+    assert urllib.parse.unquote(url.password) == secret["password"]
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o640
+    assert calls.read_text().splitlines() == ["restart hello-app"]
+
+    # Unchanged secret: no restart.
+    assert refresh().returncode == 0
+    assert calls.read_text().splitlines() == ["restart hello-app"]
+
+
+# ---------------------------------------------------------------- smoke test against the real app
+
+
+@pytest.fixture
+def running_app(tmp_path):
+    main = REPO_ROOT / "app" / "main.py"
+    if not main.exists():
+        pytest.skip("app/main.py is not on this branch yet")
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "DATABASE_URL": f"sqlite:///{tmp_path / 'app.sqlite3'}"}
+    process = subprocess.Popen(
+        [sys.executable, str(main)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_until(lambda: _answers(port), timeout=20, what="the app")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_smoke_test_passes_against_the_real_app(running_app):
+    result = subprocess.run(
+        [str(DEPLOY), "smoke-url", running_app],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "smoke test passed" in result.stderr
+
+
+def test_smoke_test_fails_when_nothing_answers():
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    result = subprocess.run(
+        [str(DEPLOY), "smoke-url", f"http://127.0.0.1:{free_port()}"],
+        env={**os.environ, "SMOKE_TIMEOUT": "3"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "smoke test failed" in result.stderr
+
+
+def test_deploy_sh_without_arguments_prints_usage():
+    result = subprocess.run([str(DEPLOY)], capture_output=True, text=True, timeout=10, check=False)
+    assert result.returncode == 2
+    assert "deploy STACK AMI_ID" in result.stderr
+
+
+def test_architecture_diagram_renders_from_code(tmp_path):
+    if shutil.which("dot") is None:
+        pytest.skip("Graphviz (dot) is not installed")
+    pytest.importorskip("diagrams")
+    out = tmp_path / "architecture"
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "docs" / "diagram.py"), str(out)], check=True, timeout=60
+    )
+    png = out.with_suffix(".png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(png) > 50_000  # icons and labels, not an empty canvas
+
+
+def aws_cli(env, command):
+    """Run an `aws …` command line as the README writes it (shell-quoted)."""
+    result = subprocess.run(
+        shlex.split(command), env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, f"{command}: {result.stderr}"
+    return result.stdout.strip()
+
+
+def test_readme_teardown_first_lifts_the_databases_deletion_protection(moto_env):
+    """The README's teardown commands, in order, against a stack of its own. moto 5.2.5 then
+    refuses `delete-stack` for this template (it keeps the VPC's subnets alive), so the test
+    stops after the step that is specific to this stack: deletion protection."""
+    deploy_sh(moto_env, "deploy", "hello-teardown", AMI)
+    db_id = aws_cli(
+        moto_env,
+        "aws cloudformation list-stack-resources --stack-name hello-teardown"
+        " --query \"StackResourceSummaries[?LogicalResourceId=='DB'].PhysicalResourceId\""
+        " --output text",
+    )
+    rds = client(moto_env, "rds")
+    with pytest.raises(rds.exceptions.ClientError, match=r"[Dd]eletion"):
+        rds.delete_db_instance(DBInstanceIdentifier=db_id, SkipFinalSnapshot=True)
+    aws_cli(
+        moto_env,
+        f"aws rds modify-db-instance --db-instance-identifier {db_id}"
+        " --no-deletion-protection --apply-immediately"
+        # awscli v1 (PyPI) pins rds to its public endpoint and ignores AWS_ENDPOINT_URL.
+        f" --endpoint-url {moto_env['AWS_ENDPOINT_URL']}",
+    )
+    (db,) = rds.describe_db_instances(DBInstanceIdentifier=db_id)["DBInstances"]
+    assert db["DeletionProtection"] is False
+
+
+def test_github_oidc_role_trusts_only_the_production_environment(moto_env):
+    """The README's one-time role setup (moto has no AWS::IAM::OIDCProvider, so the test uses
+    the CreateOidcProvider=false branch, which points at the account's existing provider)."""
+    template = REPO_ROOT / "infra" / "github-oidc.yaml"
+    aws_cli(
+        moto_env,
+        f"aws cloudformation deploy --stack-name github-oidc-hello --template-file {template}"
+        " --parameter-overrides GitHubRepository=example-org/hello-ha CreateOidcProvider=false"
+        " --capabilities CAPABILITY_IAM",
+    )
+    role_arn = aws_cli(
+        moto_env,
+        "aws cloudformation describe-stacks --stack-name github-oidc-hello"
+        " --query \"Stacks[0].Outputs[?OutputKey=='DeployRoleArn'].OutputValue\" --output text",
+    )
+    role = client(moto_env, "iam").get_role(RoleName=role_arn.rsplit("/", 1)[-1])["Role"]
+    (statement,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
+    assert statement["Principal"]["Federated"].endswith(
+        ":oidc-provider/token.actions.githubusercontent.com"
+    )
+    claims = statement["Condition"]["StringEquals"]
+    assert claims["token.actions.githubusercontent.com:aud"] == "sts.amazonaws.com"
+    assert claims["token.actions.githubusercontent.com:sub"] == (
+        "repo:example-org/hello-ha:environment:production"
+    )
