@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import sys
 import time
 from urllib.parse import urlsplit, urlunsplit
@@ -39,11 +40,35 @@ class _BelowWarning(logging.Filter):
         return record.levelno < logging.WARNING
 
 
+class LineWriter(logging.Handler):
+    """Writes each record as a single os.write() of one line, and takes no lock.
+
+    A StreamHandler serialises every request thread on its lock; under load they queue up
+    there, which cost about two thirds of GET / throughput (make bench). One write() call per
+    line keeps lines whole without that lock.
+    """
+
+    def __init__(self, stream):
+        super().__init__()
+        self.fd = stream.fileno()
+
+    def createLock(self) -> None:
+        self.lock = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = (self.format(record) + "\n").encode()
+            while data:
+                data = data[os.write(self.fd, data) :]
+        except Exception:
+            self.handleError(record)
+
+
 def setup_logging(level: str) -> None:
     formatter = JsonFormatter()
-    stdout = logging.StreamHandler(sys.stdout)
+    stdout = LineWriter(sys.stdout)
     stdout.addFilter(_BelowWarning())
-    stderr = logging.StreamHandler(sys.stderr)
+    stderr = LineWriter(sys.stderr)
     stderr.setLevel(logging.WARNING)
     root = logging.getLogger()
     root.handlers[:] = []
