@@ -45,29 +45,18 @@ class Config:
         return Path(self.database_url.removeprefix("sqlite:///"))
 
 
-def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+def _number(env: Mapping[str, str], name: str, default, low, high, parse=int):
+    """An int (or, with parse=float, a number of seconds) from env[name], within [low, high]."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
+    noun = "a whole number" if parse is int else "a number of seconds"
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+        raise ConfigError(f"{name}={raw!r} is not {noun}") from None
     if not low <= value <= high:
         raise ConfigError(f"{name}={value} is out of range ({low}-{high})")
-    return value
-
-
-def _seconds(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name}={value} is out of range ({low}-{high} seconds)")
     return value
 
 
@@ -99,12 +88,14 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(f"LOG_LEVEL={log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     return Config(
         host=env.get("HOST", "").strip() or Config.host,
-        port=_integer(env, "PORT", Config.port, 1, 65535),
+        port=_number(env, "PORT", Config.port, 1, 65535),
         database_url=_database_url(env),
         log_level=log_level,
-        threads=_integer(env, "WAITRESS_THREADS", Config.threads, 1, 64),
-        db_timeout_seconds=_seconds(env, "DB_TIMEOUT_SECONDS", Config.db_timeout_seconds, 0.1, 30),
-        shutdown_timeout_seconds=_seconds(
-            env, "SHUTDOWN_TIMEOUT_SECONDS", Config.shutdown_timeout_seconds, 0, 300
+        threads=_number(env, "WAITRESS_THREADS", Config.threads, 1, 64),
+        db_timeout_seconds=_number(
+            env, "DB_TIMEOUT_SECONDS", Config.db_timeout_seconds, 0.1, 30, parse=float
+        ),
+        shutdown_timeout_seconds=_number(
+            env, "SHUTDOWN_TIMEOUT_SECONDS", Config.shutdown_timeout_seconds, 0, 300, parse=float
         ),
     )
