@@ -91,6 +91,14 @@ def test_lifecycle_is_logged(server):
     assert events[-1] == "stopped"
 
 
+def sigterm_mid_request(server, sock: socket.socket, partial_request: bytes) -> None:
+    """Send part of a request, then SIGTERM; return once the server says it is stopping."""
+    sock.sendall(partial_request)
+    server.let_server_read()
+    server.proc.send_signal(signal.SIGTERM)
+    server.wait_for_event("stopping")
+
+
 def test_sigterm_stops_the_server_with_exit_code_0(server):
     assert server.terminate(timeout=10) == 0
 
@@ -98,10 +106,9 @@ def test_sigterm_stops_the_server_with_exit_code_0(server):
 def test_sigterm_lets_a_request_in_flight_finish(server):
     # Send a request's headers, then SIGTERM, then the rest of its body.
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(b"POST /visits HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nab")
-        server.let_server_read()
-        server.proc.send_signal(signal.SIGTERM)
-        server.wait_for_event("stopping")
+        sigterm_mid_request(
+            server, sock, b"POST /visits HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nab"
+        )
         sock.sendall(b"cde")
         answer = read_response(sock)
     assert status_of(answer) == 201
@@ -119,10 +126,9 @@ def test_sigterm_does_not_wait_for_idle_keep_alive_connections(server):
 
 def test_new_connections_are_refused_once_stopping(server):
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(b"POST /visits HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n")
-        server.let_server_read()
-        server.proc.send_signal(signal.SIGTERM)
-        server.wait_for_event("stopping")
+        sigterm_mid_request(
+            server, sock, b"POST /visits HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n"
+        )
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", server.port), timeout=2)
         sock.sendall(b"ok")
