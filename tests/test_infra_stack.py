@@ -10,16 +10,14 @@ import json
 import os
 import re
 import shlex
-import shutil
 import stat
 import subprocess
 import sys
 import urllib.parse
 
+import boto3
 import pytest
-from support import REPO_ROOT, free_port, wait_until
-
-boto3 = pytest.importorskip("boto3")
+from support import REPO_ROOT, free_port, require_command, wait_until
 
 REGION = "us-east-1"
 AMI = "ami-0123456789abcdef0"
@@ -521,8 +519,6 @@ def test_smoke_test_passes_against_the_real_app(running_app):
 
 
 def test_smoke_test_fails_when_nothing_answers():
-    if shutil.which("curl") is None:
-        pytest.skip("curl is not installed")
     result = subprocess.run(
         [str(DEPLOY), "smoke-url", f"http://127.0.0.1:{free_port()}"],
         env={**os.environ, "SMOKE_TIMEOUT": "3"},
@@ -542,9 +538,7 @@ def test_deploy_sh_without_arguments_prints_usage():
 
 
 def test_architecture_diagram_renders_from_code(tmp_path):
-    if shutil.which("dot") is None:
-        pytest.skip("Graphviz (dot) is not installed")
-    pytest.importorskip("diagrams")
+    require_command("dot", "graphviz")
     out = tmp_path / "architecture"
     subprocess.run(
         [sys.executable, str(REPO_ROOT / "docs" / "diagram.py"), str(out)], check=True, timeout=60
