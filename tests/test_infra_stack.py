@@ -402,6 +402,17 @@ def test_ami_id_comes_from_the_packer_manifest(moto_env, tmp_path):
     assert deploy_sh(moto_env, "ami-from-manifest", str(manifest)).stdout.strip() == NEW_AMI
 
 
+def test_a_manifest_without_builds_is_refused_in_one_line(moto_env, tmp_path):
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text("{}")
+    result = deploy_sh(moto_env, "ami-from-manifest", str(manifest), check=False)
+    assert result.returncode == 1
+    assert (
+        result.stderr
+        == f"deploy.sh: {manifest} has no builds[-1].artifact_id: is it Packer's manifest?\n"
+    )
+
+
 # ---------------------------------------------------------------- the boot script in UserData
 
 
