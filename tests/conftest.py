@@ -123,21 +123,23 @@ def systemd_container_args() -> list[str]:
     return [*cgroup, "--tmpfs", "/run", "--tmpfs", "/run/lock"]
 
 
+def standin_image(name: str) -> str:
+    """The offline stand-in of tests/images/<name>, built on first use (`make images`)."""
+    build = subprocess.run(
+        [REPO_ROOT / "tests/images/build.sh", name], capture_output=True, text=True, timeout=1800
+    )
+    if build.returncode != 0:
+        require_command("debootstrap", "debootstrap")
+    assert build.returncode == 0, f"could not build the {name} stand-in:\n{build.stderr}"
+    variable = f"{name.upper().replace('-', '_')}_IMAGE="
+    for line in (REPO_ROOT / ".env.offline").read_text().splitlines():
+        if line.startswith(variable):
+            return line.removeprefix(variable)
+    raise AssertionError(f"tests/images/build.sh wrote no {variable} to .env.offline")
+
+
 @pytest.fixture(scope="session")
 def systemd_image(docker) -> str:
     """A Debian 12 image that boots systemd and runs sshd: $HELLO_SYSTEMD_IMAGE, or the
-    offline stand-in of tests/images/debian12-systemd, built on first use (`make images`)."""
-    if os.environ.get("HELLO_SYSTEMD_IMAGE"):
-        return os.environ["HELLO_SYSTEMD_IMAGE"]
-    require_command("debootstrap", "debootstrap")  # or set HELLO_SYSTEMD_IMAGE
-    build = subprocess.run(
-        [REPO_ROOT / "tests/images/build.sh", "debian12-systemd"],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert build.returncode == 0, f"could not build the systemd stand-in:\n{build.stderr}"
-    for line in (REPO_ROOT / ".env.offline").read_text().splitlines():
-        if line.startswith("DEBIAN12_SYSTEMD_IMAGE="):
-            return line.split("=", 1)[1]
-    raise AssertionError("tests/images/build.sh wrote no DEBIAN12_SYSTEMD_IMAGE to .env.offline")
+    offline stand-in of tests/images/debian12-systemd."""
+    return os.environ.get("HELLO_SYSTEMD_IMAGE") or standin_image("debian12-systemd")

@@ -175,6 +175,7 @@ def test_web_runs_hardened(stack):
 
 def test_the_ci_smoke_script_passes(base_images, tmp_path):
     """tests/compose_smoke.sh is what CI runs on GitHub's runners; run it here too."""
+    require_command("curl", "curl")
     port = free_port()
     env_file = tmp_path / "smoke.env"
     write_env_file(env_file, base_images, port)
