@@ -72,13 +72,28 @@ process_args() {
   fi
 }
 
+# True while the process has not exited. A zombie has: it is only waiting for its parent to
+# reap it, which never happens when the parent is a container's PID 1 that does not wait
+# (docker exec into `sleep infinity`, or a CI job container).
+is_running() {
+  kill -0 "$1" 2>/dev/null || return 1
+  local stat state
+  if [[ -r "/proc/$1/stat" ]]; then
+    read -r stat <"/proc/$1/stat" || return 1
+    state="${stat##*) }" # the field after "(comm)", which may itself hold spaces
+  else
+    state="$(ps -o stat= -p "$1" 2>/dev/null)" || return 1
+  fi
+  [[ "$state" != Z* ]]
+}
+
 # The PID of our app if it runs. A PID file whose process is gone, or whose PID now
 # belongs to another program, does not count.
 running_pid() {
   local pid
   pid="$(cat "$PID_FILE" 2>/dev/null)" || return 1
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  kill -0 "$pid" 2>/dev/null || return 1
+  is_running "$pid" || return 1
   [[ "$(process_args "$pid")" == *"$APP_MAIN"* ]] || return 1
   printf '%s\n' "$pid"
 }
@@ -181,7 +196,7 @@ cmd_start() {
 
   local tries=$((START_TIMEOUT * 20))
   until healthz_ok; do
-    if ! kill -0 "$pid" 2>/dev/null; then
+    if ! is_running "$pid"; then
       exit_code=0
       wait "$pid" || exit_code=$?
       forget_pid
@@ -211,7 +226,7 @@ cmd_stop() {
   fi
   kill -TERM "$pid"
   tries=$((STOP_TIMEOUT * 10))
-  while kill -0 "$pid" 2>/dev/null; do
+  while is_running "$pid"; do
     if ((--tries <= 0)); then
       kill -KILL "$pid" 2>/dev/null || true
       forget_pid

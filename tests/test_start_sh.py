@@ -1,5 +1,6 @@
 """start.sh for real: each test runs it in a copy of the project, on a free port."""
 
+import json
 import os
 import shutil
 import signal
@@ -315,3 +316,28 @@ def test_a_python_without_venv_is_named_with_the_package_to_install(checkout, tm
     assert again.returncode == 0, again.stderr
     assert "Creating the virtual environment" in again.stdout
     assert http_request(checkout.port, "/").text == "Hello World"
+
+
+# Runs start.sh's commands from a process that adopts orphans and never reaps them, like a
+# container's PID 1 that is `sleep infinity`: the app, once stopped, stays a zombie.
+NON_REAPING_PARENT = """
+import ctypes, json, subprocess, sys
+ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans become this process's
+results = [subprocess.run([sys.argv[1], command], capture_output=True, text=True, timeout=60)
+           for command in sys.argv[2:]]
+print(json.dumps([[r.returncode, r.stdout + r.stderr] for r in results]))
+"""
+
+
+def test_stop_treats_an_unreaped_zombie_as_stopped(checkout):
+    env = {"PATH": os.environ["PATH"], "PORT": str(checkout.port), "VENV_DIR": str(checkout.venv)}
+    run = subprocess.run(
+        [sys.executable, "-c", NON_REAPING_PARENT, checkout.root / "start.sh",
+         "start", "stop", "status"],
+        env=env, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    (start, start_out), (stop, stop_out), (status, _) = json.loads(run.stdout)
+    assert start == 0, start_out
+    assert stop == 0, stop_out
+    assert "hello-app stopped" in stop_out
+    assert status == 3
