@@ -60,8 +60,7 @@ class Machine:
     def __init__(self, name: str):
         self.name = name
 
-    def run(self, command: str, user: str = USER, timeout: float = 600):
-        workdir = CLONE if user == USER else "/"
+    def run(self, command: str, user: str = USER, workdir: str = CLONE, timeout: float = 600):
         return subprocess.run(
             ["docker", "exec", "-u", user, "-w", workdir, self.name, "bash", "-c", command],
             capture_output=True,
@@ -96,9 +95,10 @@ def machine(bare_image, tmp_path_factory):
             f" && {install.replace('apt-get install', 'apt-get install -y -qq')}"
             f" && useradd --create-home {USER}",
             user="root",
+            workdir="/",
         )
         assert setup.returncode == 0, f"{install} failed:\n{setup.stdout[-3000:]}{setup.stderr}"
-        copy = box.run(f"cp -R /src {CLONE}", user=USER)
+        copy = box.run(f"cp -R /src {CLONE}", workdir="/")
         assert copy.returncode == 0, copy.stderr
         yield box
     finally:
