@@ -135,7 +135,11 @@ def test_start_sh_serves_hello_world_on_8080_and_status_restart_stop_work(machin
     stopped = machine.run("./start.sh stop")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert f"hello-app stopped (pid {second})" in stopped.stdout
-    assert machine.run(f"test -d /proc/{second}").returncode == 1, "the app is still running"
+    # Gone, or a zombie that the container's PID 1 (sleep) will never reap.
+    exited = machine.run(f"test ! -d /proc/{second} || grep -q '^State:.*Z' /proc/{second}/status")
+    assert exited.returncode == 0, "the app is still running"
+    port_closed = machine.run("! (exec 3<>/dev/tcp/127.0.0.1/8080) 2>/dev/null")
+    assert port_closed.returncode == 0, "something still listens on 8080"
     assert machine.run("./start.sh status").returncode == 3
 
 
