@@ -23,8 +23,14 @@ FORBID_SKIPS = os.environ.get("FORBID_SKIPS") == "1"
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if FORBID_SKIPS and report.skipped and not hasattr(report, "wasxfail"):
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+    if report.when == "call":
+        # Report the test, not support.require_command's line, as pytest does for fixtures.
+        path, line = item.reportinfo()[:2]
+        report.longrepr = (os.fspath(path), line + 1, reason)
+    if FORBID_SKIPS:
         report.outcome = "failed"
         report.longrepr = f"skipped, but FORBID_SKIPS=1 makes every test mandatory: {reason}"
 
