@@ -34,7 +34,7 @@ test: venv ## Run the whole test suite.
 
 # Every linter runs, even after one has failed or could not run for want of its tool; the
 # run fails at the end and names each target that did not pass.
-lint: ## Run every linter; at the end, name each one that failed or could not run.
+lint: venv ## Run every linter; at the end, name each one that failed or could not run.
 	@failed=(); \
 	for target in $(LINT_TARGETS); do \
 	  $(MAKE) --no-print-directory "$$target" || failed+=("$$target"); \
