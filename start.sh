@@ -82,7 +82,7 @@ is_running() {
     read -r stat <"/proc/$1/stat" || return 1
     state="${stat##*) }" # the field after "(comm)", which may itself hold spaces
   else
-    state="$(ps -o stat= -p "$1" 2>/dev/null)" || return 1
+    state="$(ps -o stat= -p "$1" 2>/dev/null | tr -d ' ')" || return 1
   fi
   [[ "$state" != Z* ]]
 }
