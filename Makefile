@@ -13,6 +13,11 @@ LINT_TARGETS := lint-python lint-shell lint-workflows lint-docker lint-yaml lint
 .PHONY: help venv test lint $(LINT_TARGETS) bench clean images bench-docker molecule \
   packer-validate diagram
 
+# $(call require,COMMAND,HOW TO INSTALL IT): stop the target with one line naming the missing
+# tool and its install command, instead of the shell's bare "command not found" (exit 127).
+require = command -v $(1) >/dev/null || { echo "make $@: needs $(1), which is not installed. Install it: $(2)" >&2; exit 1; }
+PACKER_INSTALL := apt-get install packer (Debian), or HashiCorp's package: https://developer.hashicorp.com/packer/install
+
 help: ## List the targets.
 	@grep -E '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
@@ -27,7 +32,16 @@ venv: $(VENV)/.dev-installed ## Create or update the dev venv (.venv).
 test: venv ## Run the whole test suite.
 	$(BIN)/pytest tests -ra --timeout=900 $(PYTEST_ARGS)
 
-lint: $(LINT_TARGETS) ## Run every linter.
+# Every linter runs, even after one has failed or could not run for want of its tool; the
+# run fails at the end and names each target that did not pass.
+lint: venv ## Run every linter; at the end, name each one that failed or could not run.
+	@failed=(); \
+	for target in $(LINT_TARGETS); do \
+	  $(MAKE) --no-print-directory "$$target" || failed+=("$$target"); \
+	done; \
+	if (( $${#failed[@]} )); then \
+	  echo "make lint: did not pass: $${failed[*]} (the reasons are above)" >&2; exit 1; \
+	fi
 
 lint-python: venv
 	$(BIN)/ruff check .
@@ -53,10 +67,12 @@ lint-ansible: venv
 
 # Packer 1.6.6 (Debian's) offline; CI also runs current Packer with `packer init`.
 lint-packer: venv
+	@$(call require,packer,$(PACKER_INSTALL))
 	PATH="$(CURDIR)/$(BIN):$$PATH" packer/validate-offline.sh
 
 # CI's packer job: current Packer, with the plugins that `packer init` downloads.
 packer-validate: venv ## Check the AMI template with current Packer: init, fmt -check, validate.
+	@$(call require,packer,$(PACKER_INSTALL))
 	packer init packer
 	packer fmt -check -diff packer
 	PATH="$(CURDIR)/$(BIN):$$PATH" packer validate packer
@@ -82,6 +98,7 @@ lint-infra: venv $(CHECKOV_VENV)/.installed
 	$(CHECKOV_VENV)/bin/checkov --directory infra --framework cloudformation --compact --quiet --skip-download
 
 diagram: venv ## Render docs/architecture.png from docs/diagram.py (needs Graphviz).
+	@$(call require,dot,apt-get install graphviz)
 	$(BIN)/python docs/diagram.py
 
 bench: venv ## Measure start-up time and HTTP throughput; prints figures, asserts nothing.

@@ -45,18 +45,46 @@ require_python() {
 ensure_venv() {
   local wanted
   wanted="$(cksum <"$REQUIREMENTS")"
-  if [[ -x "$VENV_DIR/bin/python" && "$(cat "$REQUIREMENTS_STAMP" 2>/dev/null)" == "$wanted" ]]; then
+  if [[ -x "$VENV_DIR/bin/pip" && "$(cat "$REQUIREMENTS_STAMP" 2>/dev/null)" == "$wanted" ]]; then
     return 0
   fi
   require_python
-  if [[ ! -x "$VENV_DIR/bin/python" ]]; then
+  if [[ ! -x "$VENV_DIR/bin/pip" ]]; then
     say "Creating the virtual environment in $VENV_DIR"
-    "$PYTHON" -m venv "$VENV_DIR"
+    # Debian and Ubuntu ship Python's venv module (with ensurepip) as a package of its own.
+    # A failed attempt leaves a venv without pip, so the next run tries again.
+    "$PYTHON" -m venv "$VENV_DIR" ||
+      die "$PYTHON could not create a virtual environment. On Debian or Ubuntu: sudo apt-get install python3-venv"
   fi
   say "Installing requirements.txt into $VENV_DIR"
   "$VENV_DIR/bin/pip" install --quiet --disable-pip-version-check -r "$REQUIREMENTS" ||
     die "pip could not install requirements.txt (see above). Check your network, then run ./start.sh again."
   printf '%s\n' "$wanted" >"$REQUIREMENTS_STAMP"
+}
+
+# The command line of a process. Linux always has /proc, even where procps (ps) is not
+# installed, as in minimal Debian and Ubuntu images; macOS has ps and no /proc.
+process_args() {
+  if [[ -r "/proc/$1/cmdline" ]]; then
+    tr '\0' ' ' <"/proc/$1/cmdline"
+  else
+    ps -p "$1" -o args= 2>/dev/null
+  fi
+}
+
+# True while the process has not exited. A zombie has: it is only waiting for its parent to
+# reap it, which never happens when the parent is a container's PID 1 that does not wait
+# (docker exec into `sleep infinity`, or a CI job container).
+is_running() {
+  kill -0 "$1" 2>/dev/null || return 1
+  local stat state
+  if [[ -r "/proc/$1/stat" ]]; then
+    read -r stat <"/proc/$1/stat" || return 1
+    state="${stat##*) }" # the field after "(comm)", which may itself hold spaces
+  else
+    state="$(ps -o stat= -p "$1" 2>/dev/null | tr -d ' ')" || return 1
+  fi
+  [[ "$state" != Z* ]]
 }
 
 # The PID of our app if it runs. A PID file whose process is gone, or whose PID now
@@ -65,8 +93,8 @@ running_pid() {
   local pid
   pid="$(cat "$PID_FILE" 2>/dev/null)" || return 1
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  kill -0 "$pid" 2>/dev/null || return 1
-  [[ "$(ps -p "$pid" -o args= 2>/dev/null)" == *"$APP_MAIN"* ]] || return 1
+  is_running "$pid" || return 1
+  [[ "$(process_args "$pid")" == *"$APP_MAIN"* ]] || return 1
   printf '%s\n' "$pid"
 }
 
@@ -89,18 +117,35 @@ with socket.socket(family) as sock:
 PY
 }
 
-# "python3 (pid 1234)" for the listener on PORT, when ss or lsof can tell.
+# "python3 (pid 1234)" for the listener on PORT, when it can be told. On Linux from /proc:
+# the listening socket's inode in /proc/net/tcp*, then the process holding that inode.
+# Elsewhere (macOS) from lsof.
 port_holder() {
-  local line
-  if command -v ss >/dev/null 2>&1; then
-    line="$(ss -Hltnp "sport = :$PORT" 2>/dev/null | grep -o 'users:(("[^"]*",pid=[0-9]*' | head -n 1)"
-    if [[ -n "$line" ]]; then
-      line="${line#users:((\"}"
-      printf '%s (pid %s)\n' "${line%%\"*}" "${line##*pid=}"
-      return
-    fi
-  fi
-  if command -v lsof >/dev/null 2>&1; then
+  if [[ -r /proc/net/tcp ]]; then
+    "$VENV_DIR/bin/python" - "$PORT" <<'PY'
+import glob, os, sys
+port = int(sys.argv[1])
+inodes = set()
+for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    try:
+        rows = open(table).read().splitlines()[1:]
+    except OSError:
+        continue
+    for row in rows:
+        fields = row.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+            inodes.add(f"socket:[{fields[9]}]")
+for fd in glob.glob("/proc/[0-9]*/fd/*"):
+    try:
+        if os.readlink(fd) in inodes:
+            pid = fd.split("/")[2]
+            comm = open(f"/proc/{pid}/comm").read().strip()
+            print(f"{comm} (pid {pid})")
+            break
+    except OSError:  # the process or the fd went away, or is not ours to see
+        continue
+PY
+  elif command -v lsof >/dev/null 2>&1; then
     lsof -nP -iTCP:"$PORT" -sTCP:LISTEN -Fpc 2>/dev/null |
       awk '/^p/ {pid = substr($0, 2)} /^c/ {print substr($0, 2) " (pid " pid ")"; exit}'
   fi
@@ -151,7 +196,7 @@ cmd_start() {
 
   local tries=$((START_TIMEOUT * 20))
   until healthz_ok; do
-    if ! kill -0 "$pid" 2>/dev/null; then
+    if ! is_running "$pid"; then
       exit_code=0
       wait "$pid" || exit_code=$?
       forget_pid
@@ -181,7 +226,7 @@ cmd_stop() {
   fi
   kill -TERM "$pid"
   tries=$((STOP_TIMEOUT * 10))
-  while kill -0 "$pid" 2>/dev/null; do
+  while is_running "$pid"; do
     if ((--tries <= 0)); then
       kill -KILL "$pid" 2>/dev/null || true
       forget_pid

@@ -9,7 +9,8 @@
 #   infra/deploy.sh rollback STACK PREVIOUS_AMI_ID    deploy the previous AMI again
 #   infra/deploy.sh outputs STACK                     print the stack's outputs
 #
-# Needs the AWS CLI (v1 or v2) with credentials and a region (AWS_REGION), jq and curl.
+# Needs the AWS CLI (v1 or v2) with credentials and a region (AWS_REGION), and python3 for
+# JSON and the smoke test's HTTP, so that nothing else (jq, curl) has to be installed.
 # AWS_ENDPOINT_URL, when set, points the CLI elsewhere (the tests use moto's server).
 set -euo pipefail
 
@@ -42,7 +43,10 @@ ami_from_manifest() {
   local manifest="${1:-packer/manifest.json}"
   [[ -f "$manifest" ]] || die "$manifest not found: run 'packer build packer' first"
   local ami
-  ami="$(jq -r '.builds[-1].artifact_id' "$manifest" | cut -d: -f2)"
+  # The last build is the newest; its artifact_id is "REGION:AMI_ID".
+  ami="$(python3 -c 'import json, sys
+print(json.load(open(sys.argv[1]))["builds"][-1]["artifact_id"].split(":")[-1])' "$manifest" \
+    2>/dev/null)" || die "$manifest has no builds[-1].artifact_id: is it Packer's manifest?"
   require_ami "$ami"
   printf '%s\n' "$ami"
 }
@@ -61,20 +65,25 @@ current_ami() {
 parameters_json() {
   local stack="$1" ami="$2" status="$3"
   shift 3
-  local overrides='{}' pair
+  local pair previous=""
   for pair in "$@"; do
     [[ "$pair" == *=* ]] || die "parameter '$pair' is not Key=Value"
-    overrides="$(jq -c --arg k "${pair%%=*}" --arg v "${pair#*=}" '. + {($k): $v}' <<<"$overrides")"
   done
-  overrides="$(jq -c --arg v "$ami" '. + {AmiId: $v}' <<<"$overrides")"
-  local previous='[]'
   if [[ "$status" != NONE ]]; then
     previous="$(aws cloudformation describe-stacks --stack-name "$stack" \
-      --query 'Stacks[0].Parameters[].ParameterKey' --output json)"
+      --query 'Stacks[0].Parameters[].ParameterKey' --output text)"
   fi
-  jq -c --argjson given "$overrides" '
-      [ .[] as $key | select($given | has($key) | not) | {ParameterKey: $key, UsePreviousValue: true} ]
-      + [ $given | to_entries[] | {ParameterKey: .key, ParameterValue: .value} ]' <<<"$previous"
+  python3 - "$previous" "$@" "AmiId=$ami" <<'PY'
+import json
+import sys
+
+previous, *pairs = sys.argv[1:]
+given = dict(pair.split("=", 1) for pair in pairs)
+parameters = [{"ParameterKey": key, "UsePreviousValue": True}
+              for key in previous.split() if key not in given]
+parameters += [{"ParameterKey": key, "ParameterValue": value} for key, value in given.items()]
+print(json.dumps(parameters))
+PY
 }
 
 deploy() {
@@ -150,21 +159,39 @@ output_value() {
     --query "Stacks[0].Outputs[?OutputKey=='$2'].OutputValue" --output text
 }
 
+# "STATUS BODY" of a GET (the body's first 80 characters), or "no answer" within 5 s.
+http_get() {
+  python3 - "$1" <<'PY'
+import http.client
+import sys
+import urllib.error
+import urllib.request
+
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=5) as response:
+        print(response.status, response.read(80).decode(errors="replace"))
+except urllib.error.HTTPError as error:
+    print(error.code)
+except (OSError, http.client.HTTPException, ValueError):
+    print("no answer")
+PY
+}
+
 # Passes when / says Hello World and /readyz (the database) answers 200, retrying until
 # SMOKE_TIMEOUT so a fresh ALB's DNS name has time to resolve.
 smoke_url() {
-  local url="${1%/}" deadline body status
+  local url="${1%/}" deadline root="" ready=""
   deadline=$((SECONDS + SMOKE_TIMEOUT))
   while ((SECONDS < deadline)); do
-    body="$(curl -fsS --max-time 5 "$url/" 2>/dev/null || true)"
-    status="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$url/readyz" 2>/dev/null || true)"
-    if [[ "$body" == "Hello World" && "$status" == 200 ]]; then
+    root="$(http_get "$url/")"
+    ready="$(http_get "$url/readyz")"
+    if [[ "$root" == "200 Hello World" && "$ready" == "200 "* ]]; then
       say "smoke test passed: $url/ says Hello World and /readyz answers 200"
       return 0
     fi
     sleep 5
   done
-  die "smoke test failed after ${SMOKE_TIMEOUT}s: $url/ said '${body:0:80}', /readyz answered '${status:-nothing}'"
+  die "smoke test failed after ${SMOKE_TIMEOUT}s: $url/ answered '$root', /readyz answered '${ready%% \{*}'"
 }
 
 smoke() {

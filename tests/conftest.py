@@ -1,7 +1,8 @@
 """Test-suite policy shared by every test module.
 
-Tests that need something the machine may lack (Docker, PostgreSQL binaries) skip with a
-reason. CI sets FORBID_SKIPS=1, and then every skip is reported as a failure instead.
+Tests that need something the machine may lack (Docker, PostgreSQL's server, Packer…) skip,
+naming the tool and the package that provides it (support.require_command). CI sets
+FORBID_SKIPS=1, and then every skip is reported as a failure instead.
 """
 
 import os
@@ -10,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from support import REPO_ROOT, AppProcess, PostgresCluster
+from support import REPO_ROOT, AppProcess, PostgresCluster, require_command
 
 # The app is imported as a package from the repository root, as `python app/main.py` does.
 sys.path.insert(0, str(REPO_ROOT))
@@ -22,8 +23,14 @@ FORBID_SKIPS = os.environ.get("FORBID_SKIPS") == "1"
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if FORBID_SKIPS and report.skipped and not hasattr(report, "wasxfail"):
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+    if report.when == "call":
+        # Report the test, not support.require_command's line, as pytest does for fixtures.
+        path, line = item.reportinfo()[:2]
+        report.longrepr = (os.fspath(path), line + 1, reason)
+    if FORBID_SKIPS:
         report.outcome = "failed"
         report.longrepr = f"skipped, but FORBID_SKIPS=1 makes every test mandatory: {reason}"
 
@@ -39,18 +46,16 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.docker)
 
 
-def docker_is_available() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    probe = subprocess.run(["docker", "info"], capture_output=True, timeout=30, check=False)
-    return probe.returncode == 0
-
-
 @pytest.fixture(scope="session")
 def docker():
     """Skip the test, with the reason, when no Docker engine answers."""
-    if not docker_is_available():
-        pytest.skip("Docker engine not available (docker info failed)")
+    require_command("docker", "docker.io")
+    probe = subprocess.run(
+        ["docker", "info"], capture_output=True, text=True, timeout=30, check=False
+    )
+    if probe.returncode != 0:
+        last_line = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+        pytest.skip(f"needs a running Docker engine, and `docker info` failed: {last_line}")
 
 
 @pytest.fixture
@@ -101,6 +106,11 @@ def base_images(docker) -> dict[str, str]:
     select = subprocess.run(
         [REPO_ROOT / "tests/images/select.sh"], capture_output=True, text=True, timeout=1800
     )
+    if select.returncode != 0 and shutil.which("debootstrap") is None:
+        pytest.skip(
+            "needs the public base images, which cannot be pulled here, or debootstrap to build"
+            " stand-ins, which is not installed (apt-get install debootstrap)"
+        )
     assert select.returncode == 0, f"no base images to build on:\n{select.stderr}"
     return dict(line.split("=", 1) for line in select.stdout.splitlines())
 
@@ -119,22 +129,23 @@ def systemd_container_args() -> list[str]:
     return [*cgroup, "--tmpfs", "/run", "--tmpfs", "/run/lock"]
 
 
+def standin_image(name: str) -> str:
+    """The offline stand-in of tests/images/<name>, built on first use (`make images`)."""
+    build = subprocess.run(
+        [REPO_ROOT / "tests/images/build.sh", name], capture_output=True, text=True, timeout=1800
+    )
+    if build.returncode != 0:
+        require_command("debootstrap", "debootstrap")
+    assert build.returncode == 0, f"could not build the {name} stand-in:\n{build.stderr}"
+    variable = f"{name.upper().replace('-', '_')}_IMAGE="
+    for line in (REPO_ROOT / ".env.offline").read_text().splitlines():
+        if line.startswith(variable):
+            return line.removeprefix(variable)
+    raise AssertionError(f"tests/images/build.sh wrote no {variable} to .env.offline")
+
+
 @pytest.fixture(scope="session")
 def systemd_image(docker) -> str:
     """A Debian 12 image that boots systemd and runs sshd: $HELLO_SYSTEMD_IMAGE, or the
-    offline stand-in of tests/images/debian12-systemd, built on first use (`make images`)."""
-    if os.environ.get("HELLO_SYSTEMD_IMAGE"):
-        return os.environ["HELLO_SYSTEMD_IMAGE"]
-    if shutil.which("debootstrap") is None:
-        pytest.skip("no systemd test image: set HELLO_SYSTEMD_IMAGE, or install debootstrap")
-    build = subprocess.run(
-        [REPO_ROOT / "tests/images/build.sh", "debian12-systemd"],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert build.returncode == 0, f"could not build the systemd stand-in:\n{build.stderr}"
-    for line in (REPO_ROOT / ".env.offline").read_text().splitlines():
-        if line.startswith("DEBIAN12_SYSTEMD_IMAGE="):
-            return line.split("=", 1)[1]
-    raise AssertionError("tests/images/build.sh wrote no DEBIAN12_SYSTEMD_IMAGE to .env.offline")
+    offline stand-in of tests/images/debian12-systemd."""
+    return os.environ.get("HELLO_SYSTEMD_IMAGE") or standin_image("debian12-systemd")

@@ -15,7 +15,34 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def require_command(command: str, package: str) -> str:
+    """The path of `command`. When it is not installed, the test skips and names the package
+    that provides it, so a laptop learns what to install (CI forbids the skip)."""
+    path = shutil.which(command)
+    if path is None:
+        pytest.skip(f"needs {command}, which is not installed (apt-get install {package})")
+    return path
+
+
+def path_without(directory: Path, *commands: str) -> str:
+    """A PATH that offers every command of this one except `commands`: the same machine as
+    far as a script can tell, but without those tools installed."""
+    directory.mkdir(parents=True)
+    for entry in os.environ["PATH"].split(os.pathsep):
+        if not os.path.isdir(entry):
+            continue
+        for program in sorted(Path(entry).iterdir()):
+            link = directory / program.name
+            if program.name in commands or link.exists() or link.is_symlink():
+                continue  # hidden, or shadowed by an earlier PATH entry
+            if program.is_file() and os.access(program, os.X_OK):
+                link.symlink_to(program)
+    return str(directory)
 
 
 def free_port() -> int:
@@ -186,13 +213,12 @@ class PostgresCluster:
 
     @classmethod
     def create_or_skip(cls) -> "PostgresCluster":
-        import pytest
-
+        # Debian keeps the server binaries off PATH, in /usr/lib/postgresql/<version>/bin.
         candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), reverse=True)
         if shutil.which("pg_ctl"):
             candidates.insert(0, Path(shutil.which("pg_ctl")))
         if not candidates:
-            pytest.skip("PostgreSQL server binaries (pg_ctl, initdb) not installed")
+            require_command("pg_ctl", "postgresql")
         cluster = cls(candidates[0].resolve().parent)
         cluster._initdb()
         return cluster

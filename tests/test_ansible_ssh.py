@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import systemd_container_args
-from support import REPO_ROOT, http_request, wait_until
+from support import REPO_ROOT, http_request, require_command, wait_until
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -32,6 +32,8 @@ def published_port(container: str, port: int) -> int:
 @pytest.fixture
 def vm(systemd_image, tmp_path):
     """A systemd container with sshd and a sudo user `deploy` that accepts a throwaway key."""
+    for command in ("ssh", "ssh-keygen", "ssh-keyscan"):
+        require_command(command, "openssh-client")
     name = f"hello-ansible-ssh-{uuid.uuid4().hex[:8]}"
     run("docker", "run", "-d", "--name", name, *systemd_container_args(),
         "-p", "127.0.0.1::22", "-p", "127.0.0.1::8080", systemd_image)  # fmt: skip

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 
 import pytest
-from support import REPO_ROOT, free_port, http_request, wait_until
+from support import REPO_ROOT, free_port, http_request, require_command, wait_until
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -19,11 +19,15 @@ HEALTH_TIMEOUT = 90
 
 
 def compose_command() -> list[str]:
-    """COMPOSE from the environment, else docker-compose (v1, as the exercise names it)."""
+    """COMPOSE from the environment, else docker-compose (v1, as the exercise names it),
+    else the `docker compose` plugin (v2)."""
     if os.environ.get("COMPOSE"):
         return os.environ["COMPOSE"].split()
     if shutil.which("docker-compose"):
         return ["docker-compose"]
+    plugin = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
+    if plugin.returncode != 0:
+        require_command("docker-compose", "docker-compose")
     return ["docker", "compose"]
 
 
@@ -171,6 +175,7 @@ def test_web_runs_hardened(stack):
 
 def test_the_ci_smoke_script_passes(base_images, tmp_path):
     """tests/compose_smoke.sh is what CI runs on GitHub's runners; run it here too."""
+    require_command("curl", "curl")
     port = free_port()
     env_file = tmp_path / "smoke.env"
     write_env_file(env_file, base_images, port)

@@ -10,16 +10,14 @@ import json
 import os
 import re
 import shlex
-import shutil
 import stat
 import subprocess
 import sys
 import urllib.parse
 
+import boto3
 import pytest
-from support import REPO_ROOT, free_port, wait_until
-
-boto3 = pytest.importorskip("boto3")
+from support import REPO_ROOT, free_port, require_command, wait_until
 
 REGION = "us-east-1"
 AMI = "ami-0123456789abcdef0"
@@ -404,6 +402,17 @@ def test_ami_id_comes_from_the_packer_manifest(moto_env, tmp_path):
     assert deploy_sh(moto_env, "ami-from-manifest", str(manifest)).stdout.strip() == NEW_AMI
 
 
+def test_a_manifest_without_builds_is_refused_in_one_line(moto_env, tmp_path):
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text("{}")
+    result = deploy_sh(moto_env, "ami-from-manifest", str(manifest), check=False)
+    assert result.returncode == 1
+    assert (
+        result.stderr
+        == f"deploy.sh: {manifest} has no builds[-1].artifact_id: is it Packer's manifest?\n"
+    )
+
+
 # ---------------------------------------------------------------- the boot script in UserData
 
 
@@ -521,8 +530,6 @@ def test_smoke_test_passes_against_the_real_app(running_app):
 
 
 def test_smoke_test_fails_when_nothing_answers():
-    if shutil.which("curl") is None:
-        pytest.skip("curl is not installed")
     result = subprocess.run(
         [str(DEPLOY), "smoke-url", f"http://127.0.0.1:{free_port()}"],
         env={**os.environ, "SMOKE_TIMEOUT": "3"},
@@ -542,9 +549,7 @@ def test_deploy_sh_without_arguments_prints_usage():
 
 
 def test_architecture_diagram_renders_from_code(tmp_path):
-    if shutil.which("dot") is None:
-        pytest.skip("Graphviz (dot) is not installed")
-    pytest.importorskip("diagrams")
+    require_command("dot", "graphviz")
     out = tmp_path / "architecture"
     subprocess.run(
         [sys.executable, str(REPO_ROOT / "docs" / "diagram.py"), str(out)], check=True, timeout=60

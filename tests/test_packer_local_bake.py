@@ -7,7 +7,6 @@ is read-only, so no SQLite file either) until the boot step writes one and resta
 """
 
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import systemd_container_args
-from support import REPO_ROOT, wait_until
+from support import REPO_ROOT, require_command, wait_until
 
 VENV_BIN = Path(sys.executable).parent
 ENV_FILE = "/etc/hello-app/hello-app.env"
@@ -40,8 +39,8 @@ def run(*args, check=True) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def baked_image(systemd_image):
-    if shutil.which("packer") is None:
-        pytest.skip("packer is not installed (apt-get install packer)")
+    require_command("packer", "packer")
+    require_command("ssh", "openssh-client")  # the ansible provisioner connects over SSH
     tag = f"hello-packer-local:{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
     build = subprocess.run(

@@ -1,5 +1,6 @@
 """start.sh for real: each test runs it in a copy of the project, on a free port."""
 
+import json
 import os
 import shutil
 import signal
@@ -10,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import REPO_ROOT, free_port, http_request
+from support import REPO_ROOT, free_port, http_request, path_without
 
 
 class Checkout:
@@ -64,6 +65,20 @@ def is_alive(pid: int) -> bool:
     # A zombie (exited, not yet reaped) is not alive either.
     state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     return state != "Z"
+
+
+def processes_running(text: str) -> list[int]:
+    """Live PIDs whose command line contains `text`: pgrep -f, without needing procps."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            found = text.encode() in cmdline.read_bytes()
+            pid = int(cmdline.parent.name)
+        except OSError:  # the process ended while we looked
+            continue
+        if found and is_alive(pid):
+            pids.append(pid)
+    return pids
 
 
 @pytest.fixture
@@ -202,8 +217,8 @@ def test_an_app_that_never_answers_times_out_and_is_stopped(checkout):
     result = checkout.run(START_TIMEOUT="1")
     assert result.returncode == 1
     assert "did not answer" in result.stderr
-    hung = subprocess.run(["pgrep", "-f", str(checkout.root / "app" / "main.py")], check=False)
-    assert hung.returncode == 1, "the hung process must have been stopped"
+    hung = processes_running(str(checkout.root / "app" / "main.py"))
+    assert hung == [], "the hung process must have been stopped"
 
 
 def test_fresh_clone_creates_the_venv_then_start_is_a_quick_no_op(checkout, tmp_path):
@@ -239,3 +254,90 @@ def test_status_notices_an_app_stopped_outside_the_script(checkout):
         time.sleep(0.05)
     assert not is_alive(pid)
     assert checkout.run("status").returncode == 3
+
+
+def test_start_status_restart_and_stop_work_without_procps(checkout, tmp_path):
+    # Minimal Debian and Ubuntu images have no ps, pgrep, ss or lsof; /proc is always there.
+    bare_path = path_without(tmp_path / "bin", "ps", "pgrep", "pkill", "ss", "lsof")
+    assert checkout.run(PATH=bare_path).returncode == 0
+    first = checkout.pid()
+
+    status = checkout.run("status", PATH=bare_path)
+    assert status.returncode == 0, status.stdout
+    assert f"pid {first}" in status.stdout
+
+    restart = checkout.run("restart", PATH=bare_path)
+    assert restart.returncode == 0, restart.stderr
+    assert f"stopped (pid {first})" in restart.stdout
+    assert not is_alive(first)
+    second = checkout.pid()
+    assert http_request(checkout.port, "/").text == "Hello World"
+
+    stop = checkout.run("stop", PATH=bare_path)
+    assert stop.returncode == 0
+    assert f"stopped (pid {second})" in stop.stdout
+    assert not is_alive(second)
+    assert checkout.run("status", PATH=bare_path).returncode == 3
+
+
+def test_a_busy_port_names_its_holder_without_procps(checkout, tmp_path):
+    bare_path = path_without(tmp_path / "bin", "ps", "pgrep", "pkill", "ss", "lsof")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", checkout.port))
+        holder.listen()
+        result = checkout.run(PATH=bare_path)
+    assert result.returncode == 1
+    assert f"port {checkout.port} is already in use by" in result.stderr
+    assert f"(pid {os.getpid()})" in result.stderr
+
+
+def test_a_python_without_venv_is_named_with_the_package_to_install(checkout, tmp_path):
+    # Debian's python3 without python3-venv: `-m venv` leaves a venv without pip, then fails.
+    python_without_venv = tmp_path / "python3"
+    python_without_venv.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1 $2" = "-m venv" ]; then\n'
+        f'  mkdir -p "$3/bin" && ln -sf {os.path.realpath(sys.executable)} "$3/bin/python"\n'
+        '  echo "ensurepip is not available" >&2; exit 1\n'
+        "fi\n"
+        f'exec {sys.executable} "$@"\n'
+    )
+    python_without_venv.chmod(0o755)
+    checkout.venv = tmp_path / "fresh-venv"
+
+    result = checkout.run(PYTHON=str(python_without_venv))
+    assert result.returncode == 1
+    assert "sudo apt-get install python3-venv" in result.stderr
+    assert not checkout.pid_file.exists()
+
+    # Once the package is there, the next start builds the venv instead of tripping on the
+    # half-made one.
+    again = checkout.run(timeout=300, PYTHON=sys.executable)
+    assert again.returncode == 0, again.stderr
+    assert "Creating the virtual environment" in again.stdout
+    assert http_request(checkout.port, "/").text == "Hello World"
+
+
+# Runs start.sh's commands from a process that adopts orphans and never reaps them, like a
+# container's PID 1 that is `sleep infinity`: the app, once stopped, stays a zombie.
+NON_REAPING_PARENT = """
+import ctypes, json, subprocess, sys
+ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans become this process's
+results = [subprocess.run([sys.argv[1], command], capture_output=True, text=True, timeout=60)
+           for command in sys.argv[2:]]
+print(json.dumps([[r.returncode, r.stdout + r.stderr] for r in results]))
+"""
+
+
+def test_stop_treats_an_unreaped_zombie_as_stopped(checkout):
+    env = {"PATH": os.environ["PATH"], "PORT": str(checkout.port), "VENV_DIR": str(checkout.venv)}
+    run = subprocess.run(
+        [sys.executable, "-c", NON_REAPING_PARENT, checkout.root / "start.sh",
+         "start", "stop", "status"],
+        env=env, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    (start, start_out), (stop, stop_out), (status, _) = json.loads(run.stdout)
+    assert start == 0, start_out
+    assert stop == 0, stop_out
+    assert "hello-app stopped" in stop_out
+    assert status == 3

@@ -24,6 +24,9 @@ MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 CACHE_DIR="${STANDIN_CACHE_DIR:-/var/cache/hello-standin/debs}"
 # The machine's TLS-intercepting proxy signs with this CA; pip inside a build needs it.
 HOST_CA_BUNDLE="${HOST_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
+# The host's own CA certificates, kept where update-ca-certificates finds them, so an image
+# that installs ca-certificates later (the bare debian12 one) still trusts the proxy.
+HOST_CA_DIR="${HOST_CA_DIR:-/usr/local/share/ca-certificates}"
 
 ROOTFS=""
 cleanup() {
@@ -78,7 +81,12 @@ build_image() {
     "$SUITE" "$ROOTFS" "$MIRROR" >"$ROOTFS.log" 2>&1 \
     || { tail -n 20 "$ROOTFS.log" >&2; die "debootstrap failed for $name (its last lines are above)"; }
   if [[ -f "$HOST_CA_BUNDLE" ]]; then
+    mkdir -p "$ROOTFS/etc/ssl/certs"
     cp "$HOST_CA_BUNDLE" "$ROOTFS/etc/ssl/certs/ca-certificates.crt"
+  fi
+  if compgen -G "$HOST_CA_DIR/*.crt" >/dev/null; then
+    mkdir -p "$ROOTFS/usr/local/share/ca-certificates"
+    cp "$HOST_CA_DIR"/*.crt "$ROOTFS/usr/local/share/ca-certificates/"
   fi
   rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/*
   if [[ -f "$IMAGES_DIR/$name/Dockerfile" ]]; then
