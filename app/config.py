@@ -28,6 +28,9 @@ class Config:
     database_url: str = f"sqlite:///{DEFAULT_SQLITE_PATH}"
     log_level: str = "INFO"
     threads: int = 4
+    # Requests that may wait on the database at once; the rest of the threads stay free for
+    # / and /healthz whatever the database does. Beyond it, database requests get a 503.
+    db_max_concurrency: int = 3
     db_timeout_seconds: float = 3.0
     # waitress defaults to 1 GB; nothing this app accepts is anywhere near 1 MiB.
     max_request_body_bytes: int = 1024 * 1024
@@ -86,12 +89,20 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     log_level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"LOG_LEVEL={log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    threads = _number(env, "WAITRESS_THREADS", Config.threads, 2, 64)
+    db_max_concurrency = _number(env, "DB_MAX_CONCURRENCY", threads - 1, 1, 64)
+    if db_max_concurrency >= threads:
+        raise ConfigError(
+            f"DB_MAX_CONCURRENCY={db_max_concurrency} must be below WAITRESS_THREADS={threads},"
+            " so that a thread is always free for / and /healthz"
+        )
     return Config(
         host=env.get("HOST", "").strip() or Config.host,
         port=_number(env, "PORT", Config.port, 1, 65535),
         database_url=_database_url(env),
         log_level=log_level,
-        threads=_number(env, "WAITRESS_THREADS", Config.threads, 1, 64),
+        threads=threads,
+        db_max_concurrency=db_max_concurrency,
         db_timeout_seconds=_number(
             env, "DB_TIMEOUT_SECONDS", Config.db_timeout_seconds, 0.1, 30, parse=float
         ),

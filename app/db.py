@@ -4,6 +4,14 @@ Every operation opens its own short-lived connection, bounded by a timeout. That
 failure handling trivial: there is no pool to go stale, so when the database comes back the
 next request simply works. At this app's load the cost of a connection is negligible; a pool
 (or RDS Proxy) is the step to take when it is not.
+
+Two guards keep a misbehaving database from taking the whole service down with it:
+- a bulkhead: at most `db_max_concurrency` requests wait on the database at once; one more
+  gets DatabaseUnavailable("database busy") at once, so some threads are always free for
+  / and /healthz, even while every database call hangs until its timeout;
+- a circuit breaker: once the database is lost, one request at a time probes it while the
+  others fail fast with the last reason, instead of each waiting out the timeout. The first
+  probe that succeeds closes the circuit (database_back).
 """
 
 import logging
@@ -11,7 +19,7 @@ import math
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
-from contextlib import closing
+from contextlib import closing, contextmanager
 from urllib.parse import urlsplit
 
 import psycopg2
@@ -43,6 +51,9 @@ class Database(ABC):
         self._available: bool | None = None  # None until the first attempt
         self._state_lock = threading.Lock()
         self._password = urlsplit(config.database_url).password
+        self._slots = threading.BoundedSemaphore(config.db_max_concurrency)
+        self._probe = threading.Lock()
+        self._last_reason = "database unavailable"
 
     def _scrub(self, text: str) -> str:
         """Driver messages do not normally echo the password; make sure of it."""
@@ -79,6 +90,30 @@ class Database(ABC):
         return self._run(count)
 
     def _run(self, operation):
+        """Run operation(cursor) through both guards: a free slot, and a closed circuit or
+        this request's turn to probe."""
+        if not self._slots.acquire(blocking=False):
+            raise DatabaseUnavailable("database busy")
+        try:
+            with self._probe_turn():
+                return self._attempt(operation)
+        finally:
+            self._slots.release()
+
+    @contextmanager
+    def _probe_turn(self):
+        """Go ahead while the database is available; once it is lost, only one at a time."""
+        if self._available is not False:
+            yield
+            return
+        if not self._probe.acquire(blocking=False):
+            raise DatabaseUnavailable(self._last_reason)
+        try:
+            yield
+        finally:
+            self._probe.release()
+
+    def _attempt(self, operation):
         """Run operation(cursor) in one transaction, creating the schema first if needed."""
         try:
             try:
@@ -109,6 +144,7 @@ class Database(ABC):
     def _mark_unavailable(self, exc: BaseException) -> None:
         with self._state_lock:
             was_available, self._available = self._available, False
+            self._last_reason = self._reason(exc)
         if was_available is not False:
             reason, detail = self._reason(exc), self._scrub(str(exc))
             log.warning(
