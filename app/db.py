@@ -16,6 +16,7 @@ Two guards keep a misbehaving database from taking the whole service down with i
 
 import logging
 import math
+import os
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
@@ -25,7 +26,7 @@ from urllib.parse import urlsplit
 import psycopg2
 import psycopg2.errors
 
-from app.config import Config
+from app.config import Config, ConfigError, check_database_url
 from app.logs import redact_url
 
 log = logging.getLogger("app.db")
@@ -39,6 +40,62 @@ class DatabaseUnavailable(Exception):
         self.reason = reason
 
 
+class DatabaseUrl:
+    """The database URL: DATABASE_URL as given, or the content of DATABASE_URL_FILE, read
+    again whenever the file changes (a rotated password) or the server refuses the password.
+
+    The file may not exist yet, or hold something else: the database endpoints then answer
+    503 "database not configured" until it does, and the rest of the app is unaffected.
+    """
+
+    NOT_CONFIGURED = "database not configured"
+
+    def __init__(self, config: Config):
+        self.path = config.database_url_file
+        self._url: str | None = None if self.path else config.database_url
+        self._seen: tuple[int, int, int] | None = None  # the file as last read
+        self._lock = threading.Lock()
+        # Every password this process has used, so that none leaks into a log line.
+        self.passwords: set[str] = set()
+        self._remember(self._url)
+
+    def get(self, reread: bool = False) -> str:
+        if self.path is None:
+            return self._url
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            raise DatabaseUnavailable(self.NOT_CONFIGURED) from None
+        seen = (info.st_ino, info.st_mtime_ns, info.st_size)
+        with self._lock:
+            if reread or seen != self._seen:
+                self._read(seen)
+            url = self._url
+        if url is None:
+            raise DatabaseUnavailable(self.NOT_CONFIGURED)
+        return url
+
+    def _read(self, seen: tuple[int, int, int]) -> None:
+        name = f"the URL in DATABASE_URL_FILE ({self.path})"
+        try:
+            url = check_database_url(self.path.read_text().strip(), name, allow_sqlite=False)
+        except (OSError, ConfigError) as exc:
+            if self._seen != seen:
+                log.error("database_url_file_invalid", extra={"reason": str(exc)})
+            self._url = None
+        else:
+            if url != self._url:
+                log.info("database_url_read", extra={"url": redact_url(url)})
+            self._url = url
+            self._remember(url)
+        self._seen = seen
+
+    def _remember(self, url: str | None) -> None:
+        password = urlsplit(url).password if url else None
+        if password:
+            self.passwords.add(password)
+
+
 class Database(ABC):
     """Shared behaviour: lazy schema creation, availability tracking, error translation."""
 
@@ -50,14 +107,16 @@ class Database(ABC):
         self._schema_ready = False
         self._available: bool | None = None  # None until the first attempt
         self._state_lock = threading.Lock()
-        self._password = urlsplit(config.database_url).password
+        self.url = DatabaseUrl(config)
         self._slots = threading.BoundedSemaphore(config.db_max_concurrency)
         self._probe = threading.Lock()
         self._last_reason = "database unavailable"
 
     def _scrub(self, text: str) -> str:
         """Driver messages do not normally echo the password; make sure of it."""
-        return text.replace(self._password, "***") if self._password else text
+        for password in self.url.passwords:
+            text = text.replace(password, "***")
+        return text
 
     @abstractmethod
     def _connect(self): ...
@@ -119,16 +178,22 @@ class Database(ABC):
             try:
                 result = self._transaction(operation)
             except self.errors as exc:
-                if not self._is_missing_table(exc):
+                if not self._recover(exc):
                     raise
-                # The database was recreated under us (e.g. a fresh volume): build it again.
-                self._schema_ready = False
                 result = self._transaction(operation)
         except self.errors as exc:
             self._mark_unavailable(exc)
             raise DatabaseUnavailable(self._reason(exc)) from exc
         self._mark_available()
         return result
+
+    def _recover(self, exc: BaseException) -> bool:
+        """Whether the failure was one that trying again can mend, after mending it."""
+        if self._is_missing_table(exc):
+            # The database was recreated under us (e.g. a fresh volume): build it again.
+            self._schema_ready = False
+            return True
+        return False
 
     def _transaction(self, operation):
         with closing(self._connect()) as conn:
@@ -166,7 +231,7 @@ class PostgresDatabase(Database):
     def _connect(self):
         timeout = self.config.db_timeout_seconds
         return psycopg2.connect(
-            self.config.database_url,
+            self.url.get(),
             # libpq takes whole seconds here (and treats 1 as 2).
             connect_timeout=max(1, math.ceil(timeout)),
             options=f"-c statement_timeout={int(timeout * 1000)}",
@@ -193,7 +258,22 @@ class PostgresDatabase(Database):
     def _is_missing_table(self, exc: BaseException) -> bool:
         return isinstance(exc, psycopg2.errors.UndefinedTable)
 
+    @staticmethod
+    def _is_password_refused(exc: BaseException) -> bool:
+        # SQLSTATE 28P01; psycopg2 gives connection errors no pgcode, only libpq's message.
+        return exc.pgcode == "28P01" or "password authentication failed" in str(exc)
+
+    def _recover(self, exc: BaseException) -> bool:
+        if self._is_password_refused(exc) and self.url.path is not None:
+            # Rotated: the new password may already be in the file, unseen if the rewrite
+            # kept its size and timestamp. Try again only if the URL did change.
+            refused = self.url.get()
+            return self.url.get(reread=True) != refused
+        return super()._recover(exc)
+
     def _reason(self, exc: BaseException) -> str:
+        if self._is_password_refused(exc):
+            return "database refused the credentials"
         if isinstance(exc, psycopg2.errors.QueryCanceled) or "timeout" in str(exc).lower():
             return "database timed out"
         if isinstance(exc, psycopg2.OperationalError):
@@ -232,6 +312,6 @@ def open_database(config: Config) -> Database:
     database = database_class(config)
     log.info(
         "database_selected",
-        extra={"database": database.kind, "url": redact_url(config.database_url)},
+        extra={"database": database.kind, "url": config.database_source},
     )
     return database
