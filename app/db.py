@@ -28,6 +28,7 @@ import psycopg2.errors
 
 from app.config import Config, ConfigError, check_database_url
 from app.logs import redact_url
+from app.migrations import migrate
 
 log = logging.getLogger("app.db")
 
@@ -122,7 +123,8 @@ class Database(ABC):
     def _connect(self): ...
 
     @abstractmethod
-    def _create_schema(self, conn) -> None: ...
+    def _migrate(self, conn) -> list[int]:
+        """Bring the schema up to date under the database's own lock; commit."""
 
     @abstractmethod
     def _is_missing_table(self, exc: BaseException) -> bool: ...
@@ -133,17 +135,19 @@ class Database(ABC):
     def ping(self) -> None:
         self._run(lambda cur: cur.execute("SELECT 1"))
 
+    # Both cost the same at any number of visits: the count is one row, which a trigger on
+    # visits keeps (app/migrations.py), read in the transaction that inserted.
     def record_visit(self) -> int:
         def insert_and_count(cur):
             cur.execute("INSERT INTO visits DEFAULT VALUES")
-            cur.execute("SELECT count(*) FROM visits")
+            cur.execute("SELECT visits FROM visit_count WHERE id = 1")
             return cur.fetchone()[0]
 
         return self._run(insert_and_count)
 
     def count_visits(self) -> int:
         def count(cur):
-            cur.execute("SELECT count(*) FROM visits")
+            cur.execute("SELECT visits FROM visit_count WHERE id = 1")
             return cur.fetchone()[0]
 
         return self._run(count)
@@ -198,8 +202,9 @@ class Database(ABC):
     def _transaction(self, operation):
         with closing(self._connect()) as conn:
             if not self._schema_ready:
-                self._create_schema(conn)
-                conn.commit()
+                applied = self._migrate(conn)
+                if applied:
+                    log.info("schema_migrated", extra={"versions": applied})
                 self._schema_ready = True
             with closing(conn.cursor()) as cur:
                 result = operation(cur)
@@ -244,16 +249,15 @@ class PostgresDatabase(Database):
             tcp_user_timeout=int(timeout * 1000),
         )
 
-    def _create_schema(self, conn) -> None:
+    def _migrate(self, conn) -> list[int]:
         with conn.cursor() as cur:
-            # Several instances may start at once; serialise the CREATE to avoid a race
-            # on PostgreSQL's catalog ("duplicate key value violates pg_type...").
+            # Several instances may start at once: the first migrates, the others wait here.
             cur.execute("SELECT pg_advisory_xact_lock(hashtext('hello-app schema'))")
-            cur.execute(
-                "CREATE TABLE IF NOT EXISTS visits ("
-                " id bigserial PRIMARY KEY,"
-                " visited_at timestamptz NOT NULL DEFAULT now())"
-            )
+            # Counting a large visits table once may take longer than a request may.
+            cur.execute("SET LOCAL statement_timeout = '10min'")
+            applied = migrate(cur, "postgresql")
+        conn.commit()
+        return applied
 
     def _is_missing_table(self, exc: BaseException) -> bool:
         return isinstance(exc, psycopg2.errors.UndefinedTable)
@@ -290,12 +294,21 @@ class SQLiteDatabase(Database):
         path.parent.mkdir(parents=True, exist_ok=True)
         return sqlite3.connect(path, timeout=self.config.db_timeout_seconds)
 
-    def _create_schema(self, conn) -> None:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS visits ("
-            " id INTEGER PRIMARY KEY AUTOINCREMENT,"
-            " visited_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
-        )
+    def _migrate(self, conn) -> list[int]:
+        # sqlite3 would start its own transactions around DML only; take the write lock
+        # ourselves, so the whole run is one transaction and other processes wait for it.
+        conn.isolation_level = None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                applied = migrate(conn.cursor(), "sqlite")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return applied
+        finally:
+            conn.isolation_level = ""
 
     def _is_missing_table(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc)
