@@ -250,6 +250,10 @@ class PostgresCluster:
     def stop(self) -> None:
         self._run("pg_ctl", "stop", "-D", str(self.datadir), "-m", "fast", "-w")
 
+    def kill(self) -> None:
+        """Stop as a crash does: no shutdown checkpoint; the next start recovers from WAL."""
+        self._run("pg_ctl", "stop", "-D", str(self.datadir), "-m", "immediate", "-w")
+
     def destroy(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
             self.stop()

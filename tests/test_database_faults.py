@@ -8,7 +8,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from support import Response
+from support import Response, wait_until
 
 # The ALB's health check gives up after 5 s, and then counts the target unhealthy.
 HEALTH_CHECK_TIMEOUT = 5
@@ -66,3 +66,37 @@ def test_once_the_database_is_lost_one_request_probes_and_the_others_fail_fast(
     assert fast.status == 503
     assert fast.json() == {"error": "database unavailable", "reason": "database timed out"}
     assert probe["answer"].status == 503
+
+
+def test_a_database_killed_mid_writes_loses_no_201_and_counts_no_503(app_server, postgres_cluster):
+    server = app_server(DATABASE_URL=postgres_cluster.url, DB_TIMEOUT_SECONDS="2")
+    initial = server.get("/visits").json()["visits"]
+    answers: list = []  # list.append is atomic: the writers share it
+    stop = threading.Event()
+
+    def write_visits():
+        deadline = time.monotonic() + 60  # bounded, whatever happens
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                answers.append(server.post("/visits", timeout=10).status)
+            except OSError as error:
+                answers.append(repr(error))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        writers = [pool.submit(write_visits) for _ in range(4)]
+        wait_until(lambda: answers.count(201) >= 20, what="20 visits before the crash")
+        postgres_cluster.kill()
+        killed_at = len(answers)
+        wait_until(lambda: 503 in answers[killed_at:], what="a 503 while the database is down")
+        postgres_cluster.start()
+        restarted_at = len(answers)
+        wait_until(
+            lambda: answers[restarted_at:].count(201) >= 20, timeout=30, what="visits after it"
+        )
+        stop.set()
+        for writer in writers:
+            writer.result()
+
+    assert set(answers) <= {201, 503}, "every POST got an answer, and only these two"
+    final = server.get("/visits").json()["visits"]
+    assert final == initial + answers.count(201)
