@@ -278,6 +278,10 @@ class PostgresDatabase(Database):
     def _reason(self, exc: BaseException) -> str:
         if self._is_password_refused(exc):
             return "database refused the credentials"
+        # sslmode=verify-full: an untrusted or misnamed certificate, or no TLS at all. The
+        # log's detail carries libpq's exact words; the client learns only this much.
+        if "certificate" in str(exc) or "SSL" in str(exc):
+            return "database TLS failed"
         if isinstance(exc, psycopg2.errors.QueryCanceled) or "timeout" in str(exc).lower():
             return "database timed out"
         if isinstance(exc, psycopg2.OperationalError):
