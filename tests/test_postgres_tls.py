@@ -81,17 +81,23 @@ def test_verify_full_with_the_servers_ca_connects(app_server, tls_cluster, tmp_p
     assert server.post("/visits").status == 201
 
 
+def assert_refused_over_tls(app_server, url: str, libpq_says: str) -> None:
+    """The app answers 503 'database TLS failed', and logs libpq's own words for why."""
+    server = app_server(DATABASE_URL=url, DB_TIMEOUT_SECONDS="2")
+    ready = server.get("/readyz")
+    assert (ready.status, ready.json()["reason"]) == (503, "database TLS failed")
+    lost = next(e for e in server.log_events() if e["event"] == "database_lost")
+    assert libpq_says in lost["detail"]
+
+
 def test_a_certificate_from_another_ca_is_refused_with_the_reason_logged(
     app_server, tls_cluster, tmp_path
 ):
     cluster, _ = tls_cluster
     ca_file = tmp_path / "other-ca.pem"
     ca_file.write_bytes(CertificateAuthority("some-other-ca").pem())
-    server = app_server(DATABASE_URL=verify_full_url(cluster, ca_file), DB_TIMEOUT_SECONDS="2")
-    ready = server.get("/readyz")
-    assert (ready.status, ready.json()["reason"]) == (503, "database TLS failed")
-    lost = next(e for e in server.log_events() if e["event"] == "database_lost")
-    assert "certificate verify failed" in lost["detail"]
+    url = verify_full_url(cluster, ca_file)
+    assert_refused_over_tls(app_server, url, "certificate verify failed")
 
 
 def test_a_certificate_for_another_host_name_is_refused_with_the_reason_logged(
@@ -103,14 +109,8 @@ def test_a_certificate_for_another_host_name_is_refused_with_the_reason_logged(
     postgres_cluster.start()
     ca_file = tmp_path / "ca.pem"
     ca_file.write_bytes(authority.pem())
-    server = app_server(
-        DATABASE_URL=verify_full_url(postgres_cluster, ca_file, host="localhost"),
-        DB_TIMEOUT_SECONDS="2",
-    )
-    ready = server.get("/readyz")
-    assert (ready.status, ready.json()["reason"]) == (503, "database TLS failed")
-    lost = next(e for e in server.log_events() if e["event"] == "database_lost")
-    assert "does not match host name" in lost["detail"]
+    url = verify_full_url(postgres_cluster, ca_file, host="localhost")
+    assert_refused_over_tls(app_server, url, "does not match host name")
 
 
 def test_a_server_without_tls_is_refused_instead_of_used_in_plaintext(
@@ -118,10 +118,5 @@ def test_a_server_without_tls_is_refused_instead_of_used_in_plaintext(
 ):
     ca_file = tmp_path / "ca.pem"
     ca_file.write_bytes(CertificateAuthority("hello-test-ca").pem())
-    server = app_server(
-        DATABASE_URL=verify_full_url(postgres_cluster, ca_file), DB_TIMEOUT_SECONDS="2"
-    )
-    ready = server.get("/readyz")
-    assert (ready.status, ready.json()["reason"]) == (503, "database TLS failed")
-    lost = next(e for e in server.log_events() if e["event"] == "database_lost")
-    assert "does not support SSL" in lost["detail"]
+    url = verify_full_url(postgres_cluster, ca_file)
+    assert_refused_over_tls(app_server, url, "does not support SSL")
