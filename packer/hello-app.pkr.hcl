@@ -1,6 +1,6 @@
 # The hello-app AMI: Ubuntu 24.04 with the app installed by the same Ansible role as the VMs,
-# enabled but not started (the database URL arrives at boot), and the boot step and the
-# CloudWatch agent of the role hello_app_aws (ansible/bake.yml).
+# enabled but not started (the database URL arrives at boot), and the boot step, the RDS CA
+# bundle and the CloudWatch agent of the role hello_app_aws (ansible/bake.yml).
 # Build: packer init packer && packer build -var app_version=... -var git_sha=... packer
 
 variable "region" {

@@ -12,6 +12,8 @@ The gaps, checked against moto 5.2.5:
   moto skips them with a warning and the stack still reaches CREATE_COMPLETE without them;
 - AWS::RDS::DBInstance ignores ManageMasterUserPassword and DeletionProtection, and has no
   MasterUserSecret.SecretArn attribute;
+- AWS::RDS::DBParameterGroup has no physical ID, so `!Ref` of it gives the DB instance an
+  object instead of the group's name;
 - a change set that keeps parameters (UsePreviousValue) counts every parameter the stack took
   from its Default as changed, and then "modifies" resources whose Condition is false (the
   HTTPS listener without a certificate), which crashes the update;
@@ -42,7 +44,7 @@ from moto.core.responses import EmptyResult
 from moto.ec2.models import ec2_backends
 from moto.ec2.models.subnets import SubnetRouteTableAssociation
 from moto.elbv2.models import FakeLoadBalancer, FakeTargetGroup, elbv2_backends
-from moto.rds.models import DBInstance, MasterUserSecret
+from moto.rds.models import DBInstance, DBParameterGroup, MasterUserSecret
 
 
 class CloudWatchAlarm(CloudFormationModel):
@@ -300,6 +302,7 @@ DBInstance.has_cfn_attr = classmethod(
     lambda cls, attr: attr in ("Endpoint.Address", "Endpoint.Port", "MasterUserSecret.SecretArn")
 )
 FakeTargetGroup.get_cfn_attribute = _target_group_attribute
+DBParameterGroup.physical_resource_id = property(lambda self: self.name)
 
 
 def _signal_resource(self):

@@ -271,6 +271,21 @@ def test_database_is_multi_az_encrypted_private_and_protected(moto_env, http_sta
     )
 
 
+def test_database_refuses_connections_without_tls(moto_env, http_stack):
+    _, resources, _ = http_stack
+    rds = client(moto_env, "rds")
+    (db,) = rds.describe_db_instances(DBInstanceIdentifier=resources["DB"])["DBInstances"]
+    (group,) = db["DBParameterGroups"]
+    assert group["DBParameterGroupName"] == resources["DBParameterGroup"]
+    (described,) = rds.describe_db_parameter_groups(
+        DBParameterGroupName=group["DBParameterGroupName"]
+    )["DBParameterGroups"]
+    assert described["DBParameterGroupFamily"] == "postgres16"  # DBEngineVersion's default
+    parameters = rds.describe_db_parameters(DBParameterGroupName=group["DBParameterGroupName"])
+    values = {p["ParameterName"]: p.get("ParameterValue") for p in parameters["Parameters"]}
+    assert values["rds.force_ssl"] == "1"
+
+
 def test_instance_role_reads_only_its_own_database_secret(moto_env, http_stack):
     _, resources, outputs = http_stack
     iam = client(moto_env, "iam")
@@ -422,6 +437,7 @@ def test_a_manifest_without_builds_is_refused_in_one_line(moto_env, tmp_path):
 
 CONFIGURE = REPO_ROOT / "ansible/roles/hello_app_aws/files/hello_app_configure.py"
 AWS_ROLE_VARS = REPO_ROOT / "ansible/roles/hello_app_aws/vars/main.yml"
+RDS_CA_BUNDLE = "/etc/ssl/certs/rds-global-bundle.pem"
 MOTO_INSTANCE_ID = "i-fake"  # what moto's instance metadata service answers
 
 
@@ -478,6 +494,7 @@ class Instance:
             "service": "hello-app",
             "group": self.group,
             "database_url_file": "/etc/hello-app/database-url",
+            "rds_ca_bundle": RDS_CA_BUNDLE,
             "log_file": "/var/log/hello-app/app.log",
             "ready_url": ready_url,
             "ready_timeout_seconds": 5,
@@ -485,6 +502,8 @@ class Instance:
         }
         self.url_file.parent.mkdir(parents=True)
         self.write_settings(stack_settings)
+        (root / RDS_CA_BUNDLE.lstrip("/")).parent.mkdir(parents=True)
+        (root / RDS_CA_BUNDLE.lstrip("/")).write_text("-----BEGIN CERTIFICATE-----\n")
         agent = root / "opt/aws/amazon-cloudwatch-agent"
         (agent / "etc").mkdir(parents=True)
         self.bin = root / "usr/bin"
@@ -579,7 +598,7 @@ def new_signals(env, stack, before=()):
     ], events
 
 
-def test_refresh_writes_the_url_from_the_secret_and_restarts_nothing(
+def test_refresh_writes_a_tls_verified_url_from_the_secret_and_restarts_nothing(
     moto_env, http_stack, instance
 ):
     _, _, outputs = http_stack
@@ -592,6 +611,10 @@ def test_refresh_writes_the_url_from_the_secret_and_restarts_nothing(
     assert url.port == 5432 and url.path == "/hello"
     assert urllib.parse.unquote(url.username) == secret["username"]
     assert urllib.parse.unquote(url.password) == secret["password"]
+    assert urllib.parse.parse_qs(url.query) == {
+        "sslmode": ["verify-full"],
+        "sslrootcert": [RDS_CA_BUNDLE],
+    }
     mode = instance.url_file.stat()
     assert (stat.S_IMODE(mode.st_mode), mode.st_gid) == (0o640, os.getgid())
     assert sorted(p.name for p in instance.url_file.parent.iterdir()) == [
@@ -668,6 +691,20 @@ def test_boot_signals_failure_when_the_app_never_gets_ready(moto_env, instance):
     assert signals == [
         ("AutoScalingGroup", f"Received FAILURE signal with UniqueId {MOTO_INSTANCE_ID}")
     ]
+
+
+def test_boot_without_the_rds_ca_bundle_writes_nothing_and_signals_failure(moto_env, instance):
+    (instance.root / RDS_CA_BUNDLE.lstrip("/")).unlink()
+    _, before = new_signals(moto_env, "hello-http")
+
+    code, stderr = instance.run("boot")
+
+    assert code == 1
+    assert f"{RDS_CA_BUNDLE} is missing" in stderr
+    assert not instance.url_file.exists()
+    assert instance.systemctl == []
+    signals, _ = new_signals(moto_env, "hello-http", before)
+    assert [reason.split(" signal")[0] for _, reason in signals] == ["Received FAILURE"]
 
 
 def test_a_missing_settings_file_is_named(instance):

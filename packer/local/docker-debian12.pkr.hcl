@@ -45,8 +45,9 @@ build {
     extra_arguments = [
       "--extra-vars", jsonencode({
         hello_app_version = var.app_version
-        # The CloudWatch agent comes from S3, out of reach here.
+        # Both come from AWS (S3, and RDS's trust store), out of reach here.
         hello_app_aws_cloudwatch_agent_url = ""
+        hello_app_aws_rds_ca_bundle_url    = ""
       }),
       # The same two OpenSSH >= 9 workarounds as hello-app.pkr.hcl.
       "--scp-extra-args", "'-O'",

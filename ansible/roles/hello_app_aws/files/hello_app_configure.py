@@ -40,6 +40,7 @@ IMAGE_KEYS = frozenset(
         "service",
         "group",
         "database_url_file",
+        "rds_ca_bundle",
         "log_file",
         "ready_url",
         "ready_timeout_seconds",
@@ -103,11 +104,15 @@ def read_secret(settings: dict) -> dict:
 
 
 def database_url(settings: dict, secret: dict) -> str:
-    """The URL of the database, with the secret's user and password."""
+    """The URL of the database, with the secret's user and password, that only connects over
+    TLS to a server whose certificate the RDS CA bundle signed for this host name."""
     user = urllib.parse.quote(secret["username"], safe="")
     password = urllib.parse.quote(secret["password"], safe="")
+    tls = urllib.parse.urlencode(
+        {"sslmode": "verify-full", "sslrootcert": settings["rds_ca_bundle"]}, safe="/"
+    )
     host, port, name = settings["db_host"], settings["db_port"], settings["db_name"]
-    return f"postgresql://{user}:{password}@{host}:{port}/{name}"
+    return f"postgresql://{user}:{password}@{host}:{port}/{name}?{tls}"
 
 
 def write_private_file(path: str, text: str, group: str) -> None:
@@ -231,6 +236,11 @@ def refresh(settings: dict, root: str) -> int:
 def boot(settings: dict, root: str, metadata_service: str) -> int:
     ready = False
     try:
+        if not os.path.isfile(under(root, settings["rds_ca_bundle"])):
+            raise ConfigureError(
+                f"{settings['rds_ca_bundle']} is missing: the AMI was baked without the RDS"
+                " CA bundle, so no connection to the database could be verified"
+            )
         url = database_url(settings, read_secret(settings))
         write_database_url(under(root, settings["database_url_file"]), url, settings["group"])
         start_log_shipping(settings, root)
