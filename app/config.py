@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from app.logs import redact_url
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SQLITE_PATH = REPO_ROOT / "data" / "app.sqlite3"
 
@@ -26,8 +28,14 @@ class Config:
     port: int = 8080
     # postgresql://… or sqlite:///…; the default is an SQLite file under data/.
     database_url: str = f"sqlite:///{DEFAULT_SQLITE_PATH}"
+    # Or a file that holds a postgresql:// URL, re-read whenever it changes, so a rotated
+    # password needs no restart. It may not exist yet: the boot step writes it.
+    database_url_file: Path | None = None
     log_level: str = "INFO"
     threads: int = 4
+    # Requests that may wait on the database at once; the rest of the threads stay free for
+    # / and /healthz whatever the database does. Beyond it, database requests get a 503.
+    db_max_concurrency: int = 3
     db_timeout_seconds: float = 3.0
     # waitress defaults to 1 GB; nothing this app accepts is anywhere near 1 MiB.
     max_request_body_bytes: int = 1024 * 1024
@@ -37,7 +45,16 @@ class Config:
 
     @property
     def database_kind(self) -> str:
+        if self.database_url_file is not None:
+            return "postgresql"
         return "postgresql" if urlsplit(self.database_url).scheme in POSTGRES_SCHEMES else "sqlite"
+
+    @property
+    def database_source(self) -> str:
+        """Where the database URL comes from, safe to log."""
+        if self.database_url_file is not None:
+            return f"DATABASE_URL_FILE {self.database_url_file}"
+        return redact_url(self.database_url)
 
     @property
     def sqlite_path(self) -> Path:
@@ -60,24 +77,38 @@ def _number(env: Mapping[str, str], name: str, default, low, high, parse=int):
     return value
 
 
-def _database_url(env: Mapping[str, str]) -> str:
-    raw = env.get("DATABASE_URL", "").strip()
-    if not raw:
-        return Config.database_url
+def check_database_url(raw: str, name: str = "DATABASE_URL", allow_sqlite: bool = True) -> str:
+    """raw, if it is a usable database URL; else ConfigError naming `name`, never the URL."""
     parts = urlsplit(raw)
     if parts.scheme in POSTGRES_SCHEMES:
         if not parts.hostname and not parts.path.strip("/"):
-            raise ConfigError("DATABASE_URL names no PostgreSQL host or database")
+            raise ConfigError(f"{name} names no PostgreSQL host or database")
         return raw
-    if parts.scheme == "sqlite":
+    if parts.scheme == "sqlite" and allow_sqlite:
         if not raw.startswith("sqlite:///") or raw == "sqlite:///":
-            raise ConfigError("DATABASE_URL for SQLite must look like sqlite:////absolute/path.db")
+            raise ConfigError(f"{name} for SQLite must look like sqlite:////absolute/path.db")
         return raw
     # Never echo the URL itself: it may carry a password.
     scheme = parts.scheme or "(none)"
-    raise ConfigError(
-        f"DATABASE_URL scheme {scheme!r} is not supported (use postgresql:// or sqlite:///)"
-    )
+    use = "postgresql:// or sqlite:///" if allow_sqlite else "postgresql://"
+    raise ConfigError(f"{name} scheme {scheme!r} is not supported (use {use})")
+
+
+def _database_url(env: Mapping[str, str]) -> str:
+    raw = env.get("DATABASE_URL", "").strip()
+    return check_database_url(raw) if raw else Config.database_url
+
+
+def _database_url_file(env: Mapping[str, str]) -> Path | None:
+    raw = env.get("DATABASE_URL_FILE", "").strip()
+    if not raw:
+        return None
+    if env.get("DATABASE_URL", "").strip():
+        raise ConfigError("set DATABASE_URL or DATABASE_URL_FILE, not both")
+    path = Path(raw)
+    if not path.is_absolute() or path.is_dir():
+        raise ConfigError(f"DATABASE_URL_FILE={raw!r} must be the absolute path of a file")
+    return path
 
 
 def load_config(env: Mapping[str, str] | None = None) -> Config:
@@ -86,12 +117,21 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     log_level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"LOG_LEVEL={log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    threads = _number(env, "WAITRESS_THREADS", Config.threads, 2, 64)
+    db_max_concurrency = _number(env, "DB_MAX_CONCURRENCY", threads - 1, 1, 64)
+    if db_max_concurrency >= threads:
+        raise ConfigError(
+            f"DB_MAX_CONCURRENCY={db_max_concurrency} must be below WAITRESS_THREADS={threads},"
+            " so that a thread is always free for / and /healthz"
+        )
     return Config(
         host=env.get("HOST", "").strip() or Config.host,
         port=_number(env, "PORT", Config.port, 1, 65535),
         database_url=_database_url(env),
+        database_url_file=_database_url_file(env),
         log_level=log_level,
-        threads=_number(env, "WAITRESS_THREADS", Config.threads, 1, 64),
+        threads=threads,
+        db_max_concurrency=db_max_concurrency,
         db_timeout_seconds=_number(
             env, "DB_TIMEOUT_SECONDS", Config.db_timeout_seconds, 0.1, 30, parse=float
         ),

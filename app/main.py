@@ -12,7 +12,7 @@ if __package__ in (None, ""):
 
 from app.config import ConfigError, load_config
 from app.db import DatabaseUnavailable, open_database
-from app.logs import redact_url, setup_logging
+from app.logs import setup_logging
 from app.server import GracefulServer
 from app.web import RequestLog, create_app
 
@@ -41,7 +41,7 @@ def main() -> int:
         extra={
             "port": config.port,
             "threads": config.threads,
-            "database_url": redact_url(config.database_url),
+            "database_url": config.database_source,
         },
     )
     database = open_database(config)

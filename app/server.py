@@ -7,27 +7,82 @@ which waitress's main loop writes), closes idle keep-alive connections, and retu
 
 import logging
 import signal
+import threading
 import time
 
 from waitress import wasyncore
 from waitress.server import create_server
+from waitress.task import ThreadedTaskDispatcher
 
 from app.config import Config
 
 log = logging.getLogger("app.server")
 
 POLL_SECONDS = 0.2
+# The WSGI environ key that tells the request log how long the request sat in waitress's
+# queue before a thread took it.
+QUEUE_WAIT_KEY = "hello.queue_wait_ms"
+# Behind an ALB, which keeps its connections to a target open and idle for up to 60 s (its
+# default idle timeout): close ours only later, so the ALB never sends a request down a
+# connection we are closing (a 502). A client that stalls mid-request is cut off after it.
+CHANNEL_TIMEOUT_SECONDS = 75
+# waitress stops accepting at 100 connections by default, so 100 clients that each send half
+# a request would lock out the ALB's health checks. The kernel's file limit is the real bound
+# (the unit sets LimitNOFILE); channel_timeout reclaims stalled connections.
+CONNECTION_LIMIT = 1000
+
+_queued = threading.local()
+
+
+class _QueuedTask:
+    """A waitress task (a channel with a request to serve) that knows when it was queued."""
+
+    def __init__(self, task):
+        self.task = task
+        self.queued_at = time.monotonic()
+
+    def service(self):
+        _queued.wait_ms = round((time.monotonic() - self.queued_at) * 1000, 2)
+        self.task.service()
+
+    def __getattr__(self, name):  # cancel(), and whatever else waitress asks of a task
+        return getattr(self.task, name)
+
+
+class TimedTaskDispatcher(ThreadedTaskDispatcher):
+    """waitress's thread pool, noting how long each task waited for a thread."""
+
+    def add_task(self, task):
+        super().add_task(_QueuedTask(task))
+
+
+def with_queue_wait(wsgi_app):
+    """Put the current request's queue wait into its environ, for the request log."""
+
+    def app(environ, start_response):
+        environ[QUEUE_WAIT_KEY] = getattr(_queued, "wait_ms", None)
+        return wsgi_app(environ, start_response)
+
+    return app
 
 
 class GracefulServer:
     def __init__(self, wsgi_app, config: Config):
         self.config = config
         self._stop_signal: int | None = None
+        dispatcher = TimedTaskDispatcher()
+        dispatcher.set_thread_count(config.threads)
         self.server = create_server(
-            wsgi_app,
+            with_queue_wait(wsgi_app),
+            # waitress's documented hook for a dispatcher of one's own (it calls it a shim).
+            _dispatcher=dispatcher,
             host=config.host,
             port=config.port,
             threads=config.threads,
+            connection_limit=CONNECTION_LIMIT,
+            channel_timeout=CHANNEL_TIMEOUT_SECONDS,
+            # How often idle and stalled channels are checked against channel_timeout.
+            cleanup_interval=10,
             max_request_body_size=config.max_request_body_bytes,
             max_request_header_size=config.max_request_header_bytes,
             # No "Server: waitress" banner, and never a traceback in a response.
@@ -62,17 +117,18 @@ class GracefulServer:
         # threads use to wake this loop when a response is ready.
         wasyncore.dispatcher.close(self.server)
         deadline = time.monotonic() + self.config.shutdown_timeout_seconds
-        while time.monotonic() < deadline:
+        while True:
             # Poll first, so bytes that arrived with the signal are read before judging idleness.
             self._poll(timeout=0.05)
             channels = list(self.server.active_channels.values())
             if not channels:
                 break
+            if time.monotonic() >= deadline:
+                log.warning("shutdown_timeout", extra={"open_connections": len(channels)})
+                break
             for channel in channels:
                 if _is_idle(channel):
                     channel.will_close = True
-        else:
-            log.warning("shutdown_timeout", extra={"open_connections": len(channels)})
         self.server.task_dispatcher.shutdown(timeout=1)
         self.server.trigger.close()
 

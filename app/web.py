@@ -6,6 +6,7 @@ import time
 import bottle
 
 from app.db import Database, DatabaseUnavailable
+from app.server import QUEUE_WAIT_KEY
 
 log = logging.getLogger("app.request")
 
@@ -85,7 +86,8 @@ class DatabaseUnavailableAs503:
 
 
 class RequestLog:
-    """WSGI middleware: one JSON line per request with method, path, status and duration."""
+    """WSGI middleware: one JSON line per request with method, path, status, duration, and
+    how long the request waited for a thread (queue_ms, when the server reports it)."""
 
     def __init__(self, app):
         self.app = app
@@ -108,5 +110,6 @@ class RequestLog:
                     "path": environ.get("PATH_INFO"),
                     "status": int(status[0]),
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "queue_ms": environ.get(QUEUE_WAIT_KEY),
                 },
             )

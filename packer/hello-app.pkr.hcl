@@ -1,5 +1,6 @@
 # The hello-app AMI: Ubuntu 24.04 with the app installed by the same Ansible role as the VMs,
-# enabled but not started (the database URL arrives at boot), and the CloudWatch agent.
+# enabled but not started (the database URL arrives at boot), and the boot step, the RDS CA
+# bundle and the CloudWatch agent of the role hello_app_aws (ansible/bake.yml).
 # Build: packer init packer && packer build -var app_version=... -var git_sha=... packer
 
 variable "region" {
@@ -43,13 +44,9 @@ locals {
     BuildDate  = local.build_date
     BaseAMI    = "{{ .SourceAMI }}"
   }
-  # The role's bake mode: installed and enabled, not started, no DATABASE_URL, AWS tools in.
+  # ansible/bake.yml sets the bake mode (installed and enabled, not started, no database).
   ansible_extra_vars = {
-    hello_app_version              = var.app_version
-    hello_app_start_service        = false
-    hello_app_default_database_url = ""
-    hello_app_log_file             = "/var/log/hello-app/app.log"
-    hello_app_install_aws_tools    = true
+    hello_app_version = var.app_version
   }
 }
 
@@ -103,7 +100,7 @@ build {
   }
 
   provisioner "ansible" {
-    playbook_file = "${path.root}/../ansible/site.yml"
+    playbook_file = "${path.root}/../ansible/bake.yml"
     groups        = ["hello_app"]
     user          = "ubuntu"
     ansible_env_vars = [

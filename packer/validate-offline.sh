@@ -7,7 +7,7 @@
 # - the `metadata_options` block (IMDSv2), which came with Packer 1.7: it is cut from a
 #   temporary copy, after checking that it is there and requires tokens.
 # `packer validate` also runs the ansible provisioner's checks, so ansible-playbook must be
-# on PATH and ansible/site.yml must exist.
+# on PATH and ansible/bake.yml must exist.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

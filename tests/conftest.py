@@ -7,8 +7,10 @@ FORBID_SKIPS=1, and then every skip is reported as a failure instead.
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 from support import REPO_ROOT, AppProcess, PostgresCluster, require_command
@@ -94,6 +96,33 @@ def postgres_cluster():
     cluster.start()
     yield cluster
     cluster.destroy()
+
+
+@pytest.fixture
+def unresponsive_database():
+    """A TCP server that accepts connections and never says a word, like a hung database."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted = []
+    stop = threading.Event()
+
+    def accept_forever():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept_forever, daemon=True)
+    thread.start()
+    yield f"postgresql://app:pw@127.0.0.1:{listener.getsockname()[1]}/app"
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    listener.close()
 
 
 @pytest.fixture(scope="session")

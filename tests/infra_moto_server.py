@@ -12,6 +12,8 @@ The gaps, checked against moto 5.2.5:
   moto skips them with a warning and the stack still reaches CREATE_COMPLETE without them;
 - AWS::RDS::DBInstance ignores ManageMasterUserPassword and DeletionProtection, and has no
   MasterUserSecret.SecretArn attribute;
+- AWS::RDS::DBParameterGroup has no physical ID, so `!Ref` of it gives the DB instance an
+  object instead of the group's name;
 - a change set that keeps parameters (UsePreviousValue) counts every parameter the stack took
   from its Default as changed, and then "modifies" resources whose Condition is false (the
   HTTPS listener without a certificate), which crashes the update;
@@ -21,7 +23,10 @@ The gaps, checked against moto 5.2.5:
   DescribeRouteTables shows no association;
 - AWS::ElasticLoadBalancingV2::TargetGroup ignores TargetGroupAttributes and has no
   TargetGroupFullName attribute, and the
-  LoadBalancer's LoadBalancerFullName is declared but not implemented.
+  LoadBalancer's LoadBalancerFullName is declared but not implemented;
+- there is no SignalResource: here it checks the stack and the logical ID, as CloudFormation
+  does, and records the signal as a stack event with CloudFormation's wording ("Received
+  SUCCESS signal with UniqueId i-…"), which DescribeStackEvents then shows.
 """
 
 import sys
@@ -30,13 +35,16 @@ from typing import Any
 import moto.cloudformation.models
 import moto.cloudformation.responses
 from moto.autoscaling.models import autoscaling_backends
+from moto.cloudformation.exceptions import ValidationError
+from moto.cloudformation.models import Event
 from moto.cloudformation.parsing import ResourceMap
 from moto.cloudwatch.models import cloudwatch_backends
 from moto.core.common_models import CloudFormationModel
+from moto.core.responses import EmptyResult
 from moto.ec2.models import ec2_backends
 from moto.ec2.models.subnets import SubnetRouteTableAssociation
 from moto.elbv2.models import FakeLoadBalancer, FakeTargetGroup, elbv2_backends
-from moto.rds.models import DBInstance, MasterUserSecret
+from moto.rds.models import DBInstance, DBParameterGroup, MasterUserSecret
 
 
 class CloudWatchAlarm(CloudFormationModel):
@@ -294,6 +302,31 @@ DBInstance.has_cfn_attr = classmethod(
     lambda cls, attr: attr in ("Endpoint.Address", "Endpoint.Port", "MasterUserSecret.SecretArn")
 )
 FakeTargetGroup.get_cfn_attribute = _target_group_attribute
+DBParameterGroup.physical_resource_id = property(lambda self: self.name)
+
+
+def _signal_resource(self):
+    stack = self.cloudformation_backend.get_stack(self._get_param("StackName"))
+    logical_id = self._get_param("LogicalResourceId")
+    if logical_id not in stack.template_dict.get("Resources", {}):
+        raise ValidationError(logical_id, f"Resource {logical_id} does not exist for stack")
+    status, unique_id = self._get_param("Status"), self._get_param("UniqueId")
+    stack.events.append(
+        Event(
+            stack_id=stack.stack_id,
+            stack_name=stack.name,
+            logical_resource_id=logical_id,
+            physical_resource_id=stack.resource_map[logical_id].physical_resource_id,
+            resource_type=stack.template_dict["Resources"][logical_id]["Type"],
+            resource_status="CREATE_IN_PROGRESS",
+            resource_status_reason=f"Received {status} signal with UniqueId {unique_id}",
+            resource_properties=None,
+        )
+    )
+    return EmptyResult()
+
+
+moto.cloudformation.responses.CloudFormationResponse.signal_resource = _signal_resource
 
 
 if __name__ == "__main__":

@@ -206,6 +206,7 @@ class PostgresCluster:
         self.datadir = self.root / "data"
         # initdb refuses to run as root; the postgres user runs it then.
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.server_options = ""
 
     @property
     def url(self) -> str:
@@ -244,11 +245,32 @@ class PostgresCluster:
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options += self.server_options
         self._run("pg_ctl", "start", "-D", str(self.datadir), "-w", "-o", options,
                   "-l", str(self.root / "server.log"))  # fmt: skip
 
     def stop(self) -> None:
         self._run("pg_ctl", "stop", "-D", str(self.datadir), "-m", "fast", "-w")
+
+    def require_tls(self, certificate_pem: bytes, key_pem: bytes) -> None:
+        """Serve TLS with this certificate, and refuse every connection without it. Applies
+        at the next start."""
+        for name, data in (("server.crt", certificate_pem), ("server.key", key_pem)):
+            path = self.datadir / name
+            path.write_bytes(data)
+            path.chmod(0o600)  # the server refuses a key others can read
+            if self.as_user:
+                shutil.chown(path, "postgres")
+        (self.datadir / "pg_hba.conf").write_text(
+            "local all all scram-sha-256\n"
+            "hostssl all all 127.0.0.1/32 scram-sha-256\n"
+            "hostnossl all all all reject\n"
+        )
+        self.server_options = " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key"
+
+    def kill(self) -> None:
+        """Stop as a crash does: no shutdown checkpoint; the next start recovers from WAL."""
+        self._run("pg_ctl", "stop", "-D", str(self.datadir), "-m", "immediate", "-w")
 
     def destroy(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):  # already stopped

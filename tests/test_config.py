@@ -33,6 +33,7 @@ def test_environment_overrides_are_applied():
         database_url="postgresql://u:p@db:5432/app",
         log_level="DEBUG",
         threads=8,
+        db_max_concurrency=7,  # all threads but one, unless set
         db_timeout_seconds=1.5,
     )
     assert config.database_kind == "postgresql"
@@ -48,7 +49,12 @@ def test_environment_overrides_are_applied():
         ({"DATABASE_URL": "localhost:5432"}, "is not supported"),
         ({"DATABASE_URL": "sqlite://relative.db"}, "sqlite:////absolute/path.db"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL='LOUD' is not one of"),
-        ({"WAITRESS_THREADS": "0"}, "WAITRESS_THREADS=0 is out of range"),
+        ({"WAITRESS_THREADS": "1"}, "WAITRESS_THREADS=1 is out of range"),
+        ({"DB_MAX_CONCURRENCY": "0"}, "DB_MAX_CONCURRENCY=0 is out of range"),
+        (
+            {"WAITRESS_THREADS": "4", "DB_MAX_CONCURRENCY": "4"},
+            "DB_MAX_CONCURRENCY=4 must be below WAITRESS_THREADS=4, so that a thread is",
+        ),
         ({"DB_TIMEOUT_SECONDS": "soon"}, "is not a number of seconds"),
     ],
 )

@@ -6,6 +6,9 @@ change-set path is exercised too. See tests/infra_moto_server.py for what moto l
 
 import ast
 import base64
+import grp
+import http.server
+import importlib.util
 import json
 import os
 import re
@@ -13,10 +16,12 @@ import shlex
 import stat
 import subprocess
 import sys
+import threading
 import urllib.parse
 
 import boto3
 import pytest
+import yaml
 from support import REPO_ROOT, free_port, require_command, wait_until
 
 REGION = "us-east-1"
@@ -266,6 +271,21 @@ def test_database_is_multi_az_encrypted_private_and_protected(moto_env, http_sta
     )
 
 
+def test_database_refuses_connections_without_tls(moto_env, http_stack):
+    _, resources, _ = http_stack
+    rds = client(moto_env, "rds")
+    (db,) = rds.describe_db_instances(DBInstanceIdentifier=resources["DB"])["DBInstances"]
+    (group,) = db["DBParameterGroups"]
+    assert group["DBParameterGroupName"] == resources["DBParameterGroup"]
+    (described,) = rds.describe_db_parameter_groups(
+        DBParameterGroupName=group["DBParameterGroupName"]
+    )["DBParameterGroups"]
+    assert described["DBParameterGroupFamily"] == "postgres16"  # DBEngineVersion's default
+    parameters = rds.describe_db_parameters(DBParameterGroupName=group["DBParameterGroupName"])
+    values = {p["ParameterName"]: p.get("ParameterValue") for p in parameters["Parameters"]}
+    assert values["rds.force_ssl"] == "1"
+
+
 def test_instance_role_reads_only_its_own_database_secret(moto_env, http_stack):
     _, resources, outputs = http_stack
     iam = client(moto_env, "iam")
@@ -413,87 +433,293 @@ def test_a_manifest_without_builds_is_refused_in_one_line(moto_env, tmp_path):
     )
 
 
-# ---------------------------------------------------------------- the boot script in UserData
+# ---------------------------------------------------------------- the boot step
+
+CONFIGURE = REPO_ROOT / "ansible/roles/hello_app_aws/files/hello_app_configure.py"
+AWS_ROLE_VARS = REPO_ROOT / "ansible/roles/hello_app_aws/vars/main.yml"
+RDS_CA_BUNDLE = "/etc/ssl/certs/rds-global-bundle.pem"
+MOTO_INSTANCE_ID = "i-fake"  # what moto's instance metadata service answers
 
 
-def user_data_parts(env, template_id):
+@pytest.fixture(scope="module")
+def configure():
+    """The boot step, imported from the file the role installs as hello-app-configure."""
+    spec = importlib.util.spec_from_file_location("hello_app_configure", CONFIGURE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def user_data(env, template_id):
+    """The UserData script, and the JSON settings it writes with the file it writes them to."""
     script = base64.b64decode(launch_template_data(env, template_id)["UserData"]).decode()
-    settings = re.search(r"<<'JSON'\n(.*?)\nJSON\n", script, re.S).group(1)
-    configure = re.search(r"<<'PY'\n(.*?)\nPY\n", script, re.S).group(1)
-    return script, json.loads(settings), configure
+    found = re.search(r"cat > (\S+) <<'JSON'\n(.*?)\nJSON\n", script, re.S)
+    return script, found.group(1), json.loads(found.group(2))
 
 
-def test_user_data_points_the_boot_script_at_this_stacks_database(moto_env, http_stack):
+def test_user_data_writes_this_stacks_settings_and_runs_the_baked_boot_step(
+    moto_env, http_stack, configure
+):
     _, resources, outputs = http_stack
-    script, settings, _ = user_data_parts(moto_env, resources["LaunchTemplate"])
+    script, settings_file, settings = user_data(moto_env, resources["LaunchTemplate"])
     assert script.startswith("#!/bin/bash\nset -euo pipefail\n")
+    assert settings_file == configure.STACK_SETTINGS
+    assert set(settings) == configure.STACK_KEYS
     assert settings["secret_arn"] == outputs["DatabaseSecretArn"]
     assert settings["db_host"] == outputs["DatabaseEndpoint"]
     assert settings["db_port"] == "5432"
     assert settings["log_group"] == outputs["AppLogGroupName"]
     assert settings["stack_name"] == "hello-http"
-    assert "/usr/local/sbin/hello-app-configure boot" in script
+    assert settings["signal_resource"] in resources
+    script_path = yaml.safe_load(AWS_ROLE_VARS.read_text())["hello_app_aws_script"]
+    assert script.rstrip("\n").splitlines()[-1] == f"exec {script_path} boot"
+    assert len(script.splitlines()) < 25, "the boot step belongs in the AMI, not in UserData"
 
 
-def test_boot_script_writes_database_url_from_the_deployed_secret(moto_env, http_stack, tmp_path):
-    """Run the UserData's own configure script, as deployed, against moto's Secrets Manager."""
-    _, resources, outputs = http_stack
-    _, settings, configure = user_data_parts(moto_env, resources["LaunchTemplate"])
-    root = tmp_path / "root"
-    (root / "etc/hello-app").mkdir(parents=True)
-    (root / "etc/hello-app/aws.json").write_text(json.dumps(settings))
-    (root / "etc/hello-app/hello-app.env").write_text(
-        "PORT=8080\nDATABASE_URL=postgresql://stale\n"
-    )
-    script = tmp_path / "hello-app-configure"
-    script.write_text(configure)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "systemctl-calls"
-    fake_systemctl = bin_dir / "systemctl"
-    fake_systemctl.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
-    fake_systemctl.chmod(0o755)
-    import grp
+def test_the_role_writes_the_image_settings_where_the_boot_step_reads_them(configure):
+    role_vars = yaml.safe_load(AWS_ROLE_VARS.read_text())
+    assert role_vars["hello_app_aws_image_settings_file"] == configure.IMAGE_SETTINGS
+    assert set(role_vars["hello_app_aws_image_settings"]) == configure.IMAGE_KEYS
 
-    env = {
-        **moto_env,
-        "HELLO_APP_CONFIGURE_ROOT": str(root),
-        "HELLO_APP_GROUP": grp.getgrgid(os.getgid()).gr_name,
-        "PATH": f"{bin_dir}:{moto_env['PATH']}",
+
+class Instance:
+    """A root directory laid out like an instance of the AMI after UserData has run, with
+    systemctl and the CloudWatch agent replaced by recorders, for the boot step to run in."""
+
+    def __init__(self, root, stack_settings, ready_url):
+        self.root = root
+        self.url_file = root / "etc/hello-app/database-url"
+        self.group = grp.getgrgid(os.getgid()).gr_name
+        self.image_settings = {
+            "service": "hello-app",
+            "group": self.group,
+            "database_url_file": "/etc/hello-app/database-url",
+            "rds_ca_bundle": RDS_CA_BUNDLE,
+            "log_file": "/var/log/hello-app/app.log",
+            "ready_url": ready_url,
+            "ready_timeout_seconds": 5,
+            "refresh_timer": "hello-app-db-url.timer",
+        }
+        self.url_file.parent.mkdir(parents=True)
+        self.write_settings(stack_settings)
+        (root / RDS_CA_BUNDLE.lstrip("/")).parent.mkdir(parents=True)
+        (root / RDS_CA_BUNDLE.lstrip("/")).write_text("-----BEGIN CERTIFICATE-----\n")
+        agent = root / "opt/aws/amazon-cloudwatch-agent"
+        (agent / "etc").mkdir(parents=True)
+        self.bin = root / "usr/bin"
+        self.bin.mkdir(parents=True)
+        self.systemctl_calls = root / "systemctl-calls"
+        self.agent_calls = root / "agent-calls"
+        self._recorder(self.bin / "systemctl", self.systemctl_calls)
+        (agent / "bin").mkdir()
+        self._recorder(agent / "bin/amazon-cloudwatch-agent-ctl", self.agent_calls)
+
+    def write_settings(self, stack_settings):
+        etc = self.root / "etc/hello-app"
+        (etc / "configure.json").write_text(json.dumps(self.image_settings))
+        (etc / "aws.json").write_text(json.dumps(stack_settings))
+
+    @staticmethod
+    def _recorder(path, calls):
+        path.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+        path.chmod(0o755)
+
+    @staticmethod
+    def _lines(path):
+        return path.read_text().splitlines() if path.exists() else []
+
+    @property
+    def systemctl(self):
+        return self._lines(self.systemctl_calls)
+
+    @property
+    def agent(self):
+        return self._lines(self.agent_calls)
+
+
+@pytest.fixture
+def instance(moto_env, http_stack, configure, tmp_path, monkeypatch, capsys):
+    """Run `hello-app-configure COMMAND` in-process on an Instance, against moto, with the
+    settings the deployed stack's UserData writes; returns (exit code, stderr)."""
+    _, resources, _ = http_stack
+    _, _, stack_settings = user_data(moto_env, resources["LaunchTemplate"])
+    stack_settings["settle_seconds"] = 0
+    box = Instance(tmp_path / "root", stack_settings, ready_url="http://127.0.0.1:1/readyz")
+    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, moto_env[name])
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("PATH", f"{box.bin}:{os.environ['PATH']}")
+    environ = {
+        "HELLO_APP_CONFIGURE_ROOT": str(box.root),
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT": moto_env["AWS_ENDPOINT_URL"],
     }
 
-    def refresh():
-        return subprocess.run(
-            [sys.executable, str(script), "refresh"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+    def run(command):
+        code = configure.main(["hello-app-configure", command], environ)
+        return code, capsys.readouterr().err
 
-    result = refresh()
-    assert result.returncode == 0, result.stderr
-    secret = json.loads(
-        client(moto_env, "secretsmanager").get_secret_value(SecretId=outputs["DatabaseSecretArn"])[
-            "SecretString"
-        ]
-    )
-    env_file = root / "etc/hello-app/hello-app.env"
-    lines = env_file.read_text().splitlines()
-    assert lines[0] == "PORT=8080"  # other settings are kept
-    (url_line,) = [line for line in lines if line.startswith("DATABASE_URL=")]
-    url = urllib.parse.urlsplit(url_line.removeprefix("DATABASE_URL="))
+    box.run = run
+    return box
+
+
+@pytest.fixture
+def ready_app():
+    """An HTTP server that answers 200 on /readyz, standing in for a ready hello-app."""
+
+    class Ready(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/readyz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ready)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/readyz"
+    server.shutdown()
+    server.server_close()
+
+
+def database_secret(env, outputs):
+    secrets = client(env, "secretsmanager")
+    found = secrets.get_secret_value(SecretId=outputs["DatabaseSecretArn"])
+    return json.loads(found["SecretString"])
+
+
+def new_signals(env, stack, before=()):
+    events = client(env, "cloudformation").describe_stack_events(StackName=stack)["StackEvents"]
+    seen = {e["EventId"] for e in before}
+    return [
+        (e["LogicalResourceId"], e["ResourceStatusReason"])
+        for e in events
+        if e["EventId"] not in seen and "signal" in e.get("ResourceStatusReason", "")
+    ], events
+
+
+def test_refresh_writes_a_tls_verified_url_from_the_secret_and_restarts_nothing(
+    moto_env, http_stack, instance
+):
+    _, _, outputs = http_stack
+    code, stderr = instance.run("refresh")
+    assert code == 0, stderr
+    secret = database_secret(moto_env, outputs)
+    url = urllib.parse.urlsplit(instance.url_file.read_text().removesuffix("\n"))
     assert url.scheme == "postgresql"
     assert url.hostname == outputs["DatabaseEndpoint"]
     assert url.port == 5432 and url.path == "/hello"
     assert urllib.parse.unquote(url.username) == secret["username"]
     assert urllib.parse.unquote(url.password) == secret["password"]
-    assert stat.S_IMODE(env_file.stat().st_mode) == 0o640
-    assert calls.read_text().splitlines() == ["restart hello-app"]
+    assert urllib.parse.parse_qs(url.query) == {
+        "sslmode": ["verify-full"],
+        "sslrootcert": [RDS_CA_BUNDLE],
+    }
+    mode = instance.url_file.stat()
+    assert (stat.S_IMODE(mode.st_mode), mode.st_gid) == (0o640, os.getgid())
+    assert sorted(p.name for p in instance.url_file.parent.iterdir()) == [
+        "aws.json",
+        "configure.json",
+        "database-url",
+    ]  # no temporary file left behind
+    assert secret["password"] not in stderr
+    assert instance.systemctl == []
 
-    # Unchanged secret: no restart.
-    assert refresh().returncode == 0
-    assert calls.read_text().splitlines() == ["restart hello-app"]
+
+def test_refresh_replaces_the_url_file_only_when_the_secret_changed(moto_env, http_stack, instance):
+    _, _, outputs = http_stack
+    assert instance.run("refresh")[0] == 0
+    first = instance.url_file.stat()
+    assert instance.run("refresh") == (0, "")
+    unchanged = instance.url_file.stat()
+    assert (unchanged.st_ino, unchanged.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+
+    secret = database_secret(moto_env, outputs)
+    rotated = {**secret, "password": "n3w/p@ss:w%rd"}
+    client(moto_env, "secretsmanager").put_secret_value(
+        SecretId=outputs["DatabaseSecretArn"], SecretString=json.dumps(rotated)
+    )
+    code, stderr = instance.run("refresh")
+    assert code == 0
+    assert "database secret changed" in stderr
+    replaced = instance.url_file.stat()
+    assert replaced.st_ino != first.st_ino  # a new file renamed over the old one
+    url = urllib.parse.urlsplit(instance.url_file.read_text())
+    assert urllib.parse.unquote(url.password) == rotated["password"]
+    assert instance.systemctl == []  # the app re-reads the file: no restart
+
+
+def test_boot_writes_the_url_ships_the_log_starts_what_is_stopped_and_signals_success(
+    moto_env, http_stack, instance, ready_app
+):
+    _, _, outputs = http_stack
+    instance.image_settings["ready_url"] = ready_app
+    instance.write_settings(json.loads((instance.root / "etc/hello-app/aws.json").read_text()))
+    _, before = new_signals(moto_env, "hello-http")
+
+    code, stderr = instance.run("boot")
+
+    assert code == 0, stderr
+    assert instance.url_file.read_text().startswith("postgresql://")
+    agent_dir = instance.root / "opt/aws/amazon-cloudwatch-agent"
+    agent_config = json.loads((agent_dir / "etc/amazon-cloudwatch-agent.json").read_text())
+    (shipped,) = agent_config["logs"]["logs_collected"]["files"]["collect_list"]
+    assert shipped["file_path"] == "/var/log/hello-app/app.log"
+    assert shipped["log_group_name"] == outputs["AppLogGroupName"]
+    (agent_call,) = instance.agent
+    assert agent_call.startswith("-a fetch-config -m ec2 -s -c file:")
+    assert instance.systemctl == [
+        "enable --now hello-app",
+        "enable --now hello-app-db-url.timer",
+    ]
+    signals, _ = new_signals(moto_env, "hello-http", before)
+    assert signals == [
+        ("AutoScalingGroup", f"Received SUCCESS signal with UniqueId {MOTO_INSTANCE_ID}")
+    ]
+
+
+def test_boot_signals_failure_when_the_app_never_gets_ready(moto_env, instance):
+    instance.image_settings["ready_timeout_seconds"] = 1  # nothing listens on its ready_url
+    instance.write_settings(json.loads((instance.root / "etc/hello-app/aws.json").read_text()))
+    _, before = new_signals(moto_env, "hello-http")
+
+    code, stderr = instance.run("boot")
+
+    assert code == 1
+    assert "did not answer http://127.0.0.1:1/readyz within 1 s" in stderr
+    signals, _ = new_signals(moto_env, "hello-http", before)
+    assert signals == [
+        ("AutoScalingGroup", f"Received FAILURE signal with UniqueId {MOTO_INSTANCE_ID}")
+    ]
+
+
+def test_boot_without_the_rds_ca_bundle_writes_nothing_and_signals_failure(moto_env, instance):
+    (instance.root / RDS_CA_BUNDLE.lstrip("/")).unlink()
+    _, before = new_signals(moto_env, "hello-http")
+
+    code, stderr = instance.run("boot")
+
+    assert code == 1
+    assert f"{RDS_CA_BUNDLE} is missing" in stderr
+    assert not instance.url_file.exists()
+    assert instance.systemctl == []
+    signals, _ = new_signals(moto_env, "hello-http", before)
+    assert [reason.split(" signal")[0] for _, reason in signals] == ["Received FAILURE"]
+
+
+def test_a_missing_settings_file_is_named(instance):
+    (instance.root / "etc/hello-app/aws.json").unlink()
+    code, stderr = instance.run("refresh")
+    assert code == 1
+    assert "cannot read the settings in" in stderr and "etc/hello-app/aws.json" in stderr
+
+
+def test_the_boot_step_runs_as_a_command_and_explains_its_usage():
+    result = subprocess.run(
+        [sys.executable, str(CONFIGURE)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert result.stderr == "hello-app-configure: usage: hello-app-configure boot|refresh\n"
 
 
 # ---------------------------------------------------------------- smoke test against the real app

@@ -1,10 +1,8 @@
 """The app against a real PostgreSQL server, including the server going away and coming back."""
 
-import socket
 import threading
 import time
 
-import pytest
 from support import PostgresCluster, wait_until
 
 
@@ -68,33 +66,6 @@ def test_app_starts_and_serves_while_the_database_is_down(app_server, postgres_c
     # The schema did not exist when the app started; it is created on first use.
     wait_until(lambda: server.post("/visits").status == 201, what="the first visit to be stored")
     assert visits(server) == 1
-
-
-@pytest.fixture
-def unresponsive_database():
-    """A TCP server that accepts connections and never says a word, like a hung database."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    accepted = []
-    stop = threading.Event()
-
-    def accept_forever():
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                accepted.append(listener.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept_forever, daemon=True)
-    thread.start()
-    yield f"postgresql://app:pw@127.0.0.1:{listener.getsockname()[1]}/app"
-    stop.set()
-    thread.join()
-    for conn in accepted:
-        conn.close()
-    listener.close()
 
 
 def test_a_hung_database_costs_a_bounded_wait_and_blocks_nothing_else(

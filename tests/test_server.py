@@ -82,6 +82,8 @@ def test_each_request_is_one_json_log_line(server):
     assert by_path[("GET", "/")]["status"] == 200
     assert by_path[("GET", "/missing")]["status"] == 404
     assert all(isinstance(e["duration_ms"], float | int) for e in requests)
+    # How long each waited in waitress's queue for a thread.
+    assert all(isinstance(e["queue_ms"], float | int) and e["queue_ms"] >= 0 for e in requests)
 
 
 def test_lifecycle_is_logged(server):
@@ -133,3 +135,28 @@ def test_new_connections_are_refused_once_stopping(server):
             socket.create_connection(("127.0.0.1", server.port), timeout=2)
         sock.sendall(b"ok")
         assert status_of(read_response(sock)) == 201
+
+
+def test_sigterm_with_no_shutdown_timeout_stops_at_once_and_cleanly(app_server):
+    server = app_server(SHUTDOWN_TIMEOUT_SECONDS="0")
+    assert server.get("/").status == 200
+    assert server.terminate(timeout=10) == 0
+    assert server.log_events()[-1]["event"] == "stopped"
+    assert "Traceback" not in server.log
+
+
+def test_health_checks_still_answer_while_many_clients_hold_half_sent_requests(server):
+    # waitress's default connection_limit (100) let 100 such clients lock out the ALB's
+    # health checks: new connections waited in the backlog until the ALB's 5 s timeout.
+    stalled = []
+    try:
+        for _ in range(150):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            sock.sendall(b"POST /visits HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhalf")
+            stalled.append(sock)
+        server.let_server_read()
+        health = server.get("/healthz", timeout=5)  # the ALB's health-check timeout
+        assert health.status == 200
+    finally:
+        for sock in stalled:
+            sock.close()

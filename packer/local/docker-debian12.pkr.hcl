@@ -1,6 +1,6 @@
-# A local rehearsal of the AMI bake, with no AWS: the same playbook in bake mode, through the
-# same ansible provisioner (and its SSH proxy), into a Debian 12 systemd container, committed
-# as an image. Packer 1.6.6 has the docker builder built in; current Packer needs
+# A local rehearsal of the AMI bake, with no AWS: the same playbook (ansible/bake.yml),
+# through the same ansible provisioner (and its SSH proxy), into a Debian 12 systemd container,
+# committed as an image. Packer 1.6.6 has the docker builder built in; current Packer needs
 # `packer plugins install github.com/hashicorp/docker`. tests/test_packer_local_bake.py runs it:
 #   packer build -var image=<systemd image> -var app_version=<version> packer/local
 
@@ -37,19 +37,17 @@ build {
   sources = ["source.docker.debian12"]
 
   provisioner "ansible" {
-    playbook_file = "${path.root}/../../ansible/site.yml"
+    playbook_file = "${path.root}/../../ansible/bake.yml"
     groups        = ["hello_app"]
     ansible_env_vars = [
       "ANSIBLE_CONFIG=${path.root}/../../ansible/ansible.cfg",
     ]
     extra_arguments = [
       "--extra-vars", jsonencode({
-        hello_app_version              = var.app_version
-        hello_app_start_service        = false
-        hello_app_default_database_url = ""
-        hello_app_log_file             = "/var/log/hello-app/app.log"
-        # The CloudWatch agent comes from S3, out of reach here.
-        hello_app_install_aws_tools = false
+        hello_app_version = var.app_version
+        # Both come from AWS (S3, and RDS's trust store), out of reach here.
+        hello_app_aws_cloudwatch_agent_url = ""
+        hello_app_aws_rds_ca_bundle_url    = ""
       }),
       # The same two OpenSSH >= 9 workarounds as hello-app.pkr.hcl.
       "--scp-extra-args", "'-O'",
