@@ -26,6 +26,9 @@ class ConfigError(ValueError):
 class Config:
     host: str = "0.0.0.0"  # noqa: S104 - a server is meant to listen on all interfaces
     port: int = 8080
+    # A listening socket handed over by systemd's socket activation: its file descriptor.
+    # None: bind HOST:PORT ourselves.
+    listen_fd: int | None = None
     # postgresql://… or sqlite:///…; the default is an SQLite file under data/.
     database_url: str = f"sqlite:///{DEFAULT_SQLITE_PATH}"
     # Or a file that holds a postgresql:// URL, re-read whenever it changes, so a rotated
@@ -111,6 +114,20 @@ def _database_url_file(env: Mapping[str, str]) -> Path | None:
     return path
 
 
+# sd_listen_fds(3): systemd passes its sockets from file descriptor 3 on.
+SD_LISTEN_FDS_START = 3
+
+
+def _systemd_socket(env: Mapping[str, str]) -> int | None:
+    """The socket systemd handed to this very process (LISTEN_PID), if any."""
+    count = env.get("LISTEN_FDS", "").strip()
+    if not count or env.get("LISTEN_PID", "").strip() != str(os.getpid()):
+        return None  # not socket-activated, or the variables were meant for another process
+    if count != "1":
+        raise ConfigError(f"LISTEN_FDS={count!r}: expected the one socket of hello-app.socket")
+    return SD_LISTEN_FDS_START
+
+
 def load_config(env: Mapping[str, str] | None = None) -> Config:
     """Build a Config from environment variables, or raise ConfigError."""
     env = os.environ if env is None else env
@@ -127,6 +144,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     return Config(
         host=env.get("HOST", "").strip() or Config.host,
         port=_number(env, "PORT", Config.port, 1, 65535),
+        listen_fd=_systemd_socket(env),
         database_url=_database_url(env),
         database_url_file=_database_url_file(env),
         log_level=log_level,

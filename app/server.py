@@ -7,6 +7,7 @@ which waitress's main loop writes), closes idle keep-alive connections, and retu
 
 import logging
 import signal
+import socket
 import threading
 import time
 
@@ -72,12 +73,17 @@ class GracefulServer:
         self._stop_signal: int | None = None
         dispatcher = TimedTaskDispatcher()
         dispatcher.set_thread_count(config.threads)
+        if config.listen_fd is not None:
+            # Socket activation: systemd owns the listening socket, and every worker accepts
+            # from it. Closing our copy on SIGTERM leaves it open for the others.
+            listen = {"sockets": [socket.socket(fileno=config.listen_fd)]}
+        else:
+            listen = {"host": config.host, "port": config.port}
         self.server = create_server(
             with_queue_wait(wsgi_app),
             # waitress's documented hook for a dispatcher of one's own (it calls it a shim).
             _dispatcher=dispatcher,
-            host=config.host,
-            port=config.port,
+            **listen,
             threads=config.threads,
             connection_limit=CONNECTION_LIMIT,
             channel_timeout=CHANNEL_TIMEOUT_SECONDS,
@@ -102,7 +108,14 @@ class GracefulServer:
     def serve(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
-        log.info("ready", extra={"host": self.config.host, "port": self.port})
+        log.info(
+            "ready",
+            extra={
+                "host": self.server.effective_host,
+                "port": self.port,
+                "socket": "systemd" if self.config.listen_fd is not None else "own",
+            },
+        )
         while self._stop_signal is None:
             self._poll()
         log.info("stopping", extra={"signal": signal.Signals(self._stop_signal).name})

@@ -12,5 +12,7 @@ for script in "$BENCH_DIR"/start.sh "$BENCH_DIR"/http.sh "$BENCH_DIR"/docker.sh;
   printf '\n== %s\n' "${script#"$ROOT"/}"
   RUNS="$RUNS" "$script"
 done
-printf '\n== tests/bench/db.py\n'
-"$ROOT/.venv/bin/python" "$BENCH_DIR/db.py"
+for script in "$BENCH_DIR"/workers.py "$BENCH_DIR"/db.py; do
+  printf '\n== %s\n' "${script#"$ROOT"/}"
+  RUNS="$RUNS" "$ROOT/.venv/bin/python" "$script"
+done

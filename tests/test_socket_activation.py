@@ -1,0 +1,160 @@
+"""Socket activation: the app serves on a listening socket handed over as systemd does it
+(LISTEN_FDS and LISTEN_PID, the socket on file descriptor 3), so several workers share one
+port, and a restart, even of every worker at once, leaves connections waiting in the kernel's
+backlog instead of refused. The test process plays systemd: it holds the socket throughout.
+"""
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from support import REPO_ROOT, free_port, http_request, wait_until
+
+from app.config import ConfigError, load_config
+
+# What systemd does between fork and exec: the socket on fd 3, and LISTEN_PID set to the
+# PID that exec keeps.
+HAND_OVER = 'exec 3<&"$HANDED_FD"; LISTEN_PID=$$ LISTEN_FDS=1 exec "$PYTHON" "$APP"'
+
+
+class Worker:
+    def __init__(self, sock: socket.socket, tmp_path, name: str):
+        self.log_path = tmp_path / f"{name}.log"
+        env = {
+            "PATH": os.environ["PATH"],
+            "HANDED_FD": str(sock.fileno()),
+            "PYTHON": sys.executable,
+            "APP": str(REPO_ROOT / "app" / "main.py"),
+            # Were the app to bind a port of its own, this one is taken: it would fail.
+            "PORT": str(sock.getsockname()[1]),
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'app.sqlite3'}",
+        }
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                ["bash", "-c", HAND_OVER],
+                env=env,
+                pass_fds=(sock.fileno(),),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_until(lambda: '"event": "ready"' in self.log, what=f"{name} to be ready")
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=20)
+
+
+@pytest.fixture
+def handed_socket():
+    """The listening socket, as systemd's hello-app.socket holds it."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", free_port()))
+    sock.listen(1024)
+    yield sock
+    sock.close()
+
+
+@pytest.fixture
+def workers(handed_socket, tmp_path):
+    started = []
+
+    def start(name: str) -> Worker:
+        started.append(Worker(handed_socket, tmp_path, name))
+        return started[-1]
+
+    yield start
+    for worker in started:
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+            worker.proc.wait()
+
+
+class Load:
+    """GET / on a new connection each time, from 4 threads, until stopped (or 60 s)."""
+
+    def __init__(self, port: int):
+        self.port, self.answered, self.failed = port, 0, []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run) for _ in range(4)]
+
+    def _run(self):
+        deadline = time.monotonic() + 60
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                ok = http_request(self.port, "/", timeout=10).text == "Hello World"
+            except (OSError, http.client.HTTPException) as error:
+                self.failed.append(repr(error))
+                continue
+            if ok:
+                self.answered += 1
+            else:
+                self.failed.append("wrong answer")
+
+    def __enter__(self):
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def wait_for(self, more: int):
+        target = self.answered + more
+        wait_until(lambda: self.answered >= target, what=f"{more} more answers")
+
+
+def test_the_app_serves_on_the_socket_systemd_hands_over(handed_socket, workers):
+    worker = workers("worker-1")
+    assert http_request(handed_socket.getsockname()[1], "/").text == "Hello World"
+    assert '"socket": "systemd"' in worker.log
+
+
+def test_socket_variables_meant_for_another_process_are_ignored():
+    assert load_config({"LISTEN_FDS": "1", "LISTEN_PID": str(os.getpid())}).listen_fd == 3
+    assert load_config({"LISTEN_FDS": "1", "LISTEN_PID": "1"}).listen_fd is None
+    assert load_config({}).listen_fd is None
+    with pytest.raises(ConfigError, match="LISTEN_FDS='2': expected the one socket"):
+        load_config({"LISTEN_FDS": "2", "LISTEN_PID": str(os.getpid())})
+
+
+def test_restarting_workers_one_at_a_time_or_all_at_once_drops_nothing(handed_socket, workers):
+    first, second = workers("worker-1"), workers("worker-2")
+    with Load(handed_socket.getsockname()[1]) as load:
+        load.wait_for(50)
+        assert first.stop() == 0  # a rolling restart: the other worker goes on accepting
+        load.wait_for(50)
+        first = workers("worker-1b")
+        assert second.stop() == 0
+        load.wait_for(50)
+        # Every worker gone: new connections wait in the socket's backlog meanwhile.
+        assert first.stop() == 0
+        time.sleep(1)
+        workers("worker-3")
+        workers("worker-4")
+        load.wait_for(50)
+    assert load.failed == []
+
+
+def test_a_killed_worker_leaves_the_others_serving(handed_socket, workers):
+    doomed, survivor = workers("worker-1"), workers("worker-2")
+    with Load(handed_socket.getsockname()[1]) as load:
+        load.wait_for(50)
+        doomed.stop(signal.SIGKILL)
+        load.wait_for(200)
+    assert survivor.proc.poll() is None
+    # Only the connections the dead worker held when it died: each of the 4 client threads
+    # has one open at a time. Every connection after the crash went to the survivor.
+    assert len(load.failed) <= 4, load.failed
