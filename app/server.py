@@ -31,6 +31,10 @@ CHANNEL_TIMEOUT_SECONDS = 75
 # a request would lock out the ALB's health checks. The kernel's file limit is the real bound
 # (the unit sets LimitNOFILE); channel_timeout reclaims stalled connections.
 CONNECTION_LIMIT = 1000
+# On SIGTERM, a connection that has not sent its first request yet was most likely accepted a
+# moment before the signal, its request on the way (with socket activation, new connections
+# keep coming to every worker). It gets this long to send it before it counts as idle.
+FIRST_REQUEST_GRACE_SECONDS = 1.0
 
 _queued = threading.local()
 
@@ -44,6 +48,7 @@ class _QueuedTask:
 
     def service(self):
         _queued.wait_ms = round((time.monotonic() - self.queued_at) * 1000, 2)
+        self.task.hello_has_served = True  # see _is_idle
         self.task.service()
 
     def __getattr__(self, name):  # cancel(), and whatever else waitress asks of a task
@@ -147,5 +152,9 @@ class GracefulServer:
 
 
 def _is_idle(channel) -> bool:
-    """Nothing half-received, nothing being processed, nothing left to send."""
-    return channel.request is None and not channel.requests and not channel.total_outbufs_len
+    """Nothing half-received, nothing being processed, nothing left to send, and not a fresh
+    connection whose first request may still be on its way."""
+    if channel.request is not None or channel.requests or channel.total_outbufs_len:
+        return False
+    fresh = time.time() - channel.creation_time < FIRST_REQUEST_GRACE_SECONDS
+    return getattr(channel, "hello_has_served", False) or not fresh

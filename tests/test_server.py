@@ -160,3 +160,15 @@ def test_health_checks_still_answer_while_many_clients_hold_half_sent_requests(s
     finally:
         for sock in stalled:
             sock.close()
+
+
+def test_a_connection_accepted_just_before_sigterm_still_gets_its_answer(server):
+    # With socket activation, a worker that is stopping may just have accepted a connection
+    # whose request is still on its way; closing it as idle would fail that request.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        server.let_server_read()  # accepted, nothing sent yet
+        server.proc.send_signal(signal.SIGTERM)
+        server.wait_for_event("stopping")
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status_of(read_response(sock)) == 200
+    assert server.proc.wait(timeout=10) == 0
