@@ -11,9 +11,10 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 
 import pytest
-from support import REPO_ROOT, AppProcess, PostgresCluster, require_command
+from support import REPO_ROOT, AppProcess, PostgresCluster, require_command, run, wait_until
 
 # The app is imported as a package from the repository root, as `python app/main.py` does.
 sys.path.insert(0, str(REPO_ROOT))
@@ -178,3 +179,75 @@ def systemd_image(docker) -> str:
     """A Debian 12 image that boots systemd and runs sshd: $HELLO_SYSTEMD_IMAGE, or the
     offline stand-in of tests/images/debian12-systemd."""
     return os.environ.get("HELLO_SYSTEMD_IMAGE") or standin_image("debian12-systemd")
+
+
+def _published_port(container: str, port: int) -> int:
+    return int(run("docker", "port", container, f"{port}/tcp").stdout.split(":")[-1])
+
+
+@pytest.fixture
+def ssh_vms(systemd_image, tmp_path):
+    """Factory: "VMs" as a cloud gives them, reached over SSH on 127.0.0.1. Each is a systemd
+    container with sshd and a sudo user `deploy` that accepts the test's throwaway key; each
+    comes with its inventory line, an ssh command and its published port 8080."""
+    for command in ("ssh", "ssh-keygen", "ssh-keyscan"):
+        require_command(command, "openssh-client")
+    key = tmp_path / "id_ed25519"
+    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hello-ssh-test", "-f", str(key))
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.touch()
+    ssh_args = f"-o UserKnownHostsFile={known_hosts} -o IdentitiesOnly=yes"
+    setup = (
+        "useradd --create-home --shell /bin/bash deploy"
+        " && install -d -m 700 -o deploy -g deploy ~deploy/.ssh"
+        " && install -m 600 -o deploy -g deploy /dev/stdin ~deploy/.ssh/authorized_keys"
+        " && echo 'deploy ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/deploy"
+    )
+    containers = []
+
+    def start(alias: str) -> dict:
+        name = f"hello-vm-{uuid.uuid4().hex[:8]}"
+        containers.append(name)
+        run("docker", "run", "-d", "--name", name, *systemd_container_args(),
+             "-p", "127.0.0.1::22", "-p", "127.0.0.1::8080", systemd_image)  # fmt: skip
+        state = ["docker", "exec", name, "systemctl", "is-system-running"]
+        wait_until(
+            lambda: run(*state, check=False).stdout.strip() in ("running", "degraded"),
+            timeout=60,
+            what="systemd to boot in the container",
+        )
+        run(
+            "docker",
+            "exec",
+            "-i",
+            name,
+            "sh",
+            "-c",
+            setup,
+            input=key.with_suffix(".pub").read_text(),
+        )
+        ssh_port = _published_port(name, 22)
+        scan = ["ssh-keyscan", "-p", str(ssh_port), "127.0.0.1"]
+        wait_until(lambda: run(*scan, check=False).stdout != "", timeout=30, what="sshd")
+        with known_hosts.open("a") as hosts:
+            hosts.write(run(*scan).stdout)
+        return {
+            "name": name,
+            "inventory_line": f"{alias} ansible_host=127.0.0.1 ansible_port={ssh_port}"
+            f" ansible_user=deploy ansible_ssh_private_key_file={key}"
+            f" ansible_ssh_common_args='{ssh_args}'\n",
+            "ssh": [
+                "ssh",
+                "-p",
+                str(ssh_port),
+                "-i",
+                str(key),
+                *ssh_args.split(),
+                "deploy@127.0.0.1",
+            ],
+            "http": _published_port(name, 8080),
+        }
+
+    yield start
+    for name in containers:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)

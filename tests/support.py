@@ -45,6 +45,14 @@ def path_without(directory: Path, *commands: str) -> str:
     return str(directory)
 
 
+def run(*args, check=True, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command, capturing its output; with check, fail the test showing that output."""
+    result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if check:
+        assert result.returncode == 0, f"{args} failed:\n{result.stdout[-6000:]}\n{result.stderr}"
+    return result
+
+
 def free_port() -> int:
     """A TCP port that nothing listens on right now."""
     with socket.socket() as sock:

@@ -8,71 +8,21 @@ secrets file are throwaway files in the test's tmp dir. The commands are the REA
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
-from conftest import systemd_container_args
-from support import REPO_ROOT, http_request, require_command, wait_until
+from support import REPO_ROOT, http_request, run, wait_until
 
 VENV_BIN = Path(sys.executable).parent
 
 
-def run(*args, check=True, **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, capture_output=True, text=True, timeout=600, **kwargs)
-    if check:
-        assert result.returncode == 0, f"{args} failed:\n{result.stdout[-6000:]}\n{result.stderr}"
-    return result
-
-
-def published_port(container: str, port: int) -> int:
-    return int(run("docker", "port", container, f"{port}/tcp").stdout.split(":")[-1])
-
-
 @pytest.fixture
-def vm(systemd_image, tmp_path):
-    """A systemd container with sshd and a sudo user `deploy` that accepts a throwaway key."""
-    for command in ("ssh", "ssh-keygen", "ssh-keyscan"):
-        require_command(command, "openssh-client")
-    name = f"hello-ansible-ssh-{uuid.uuid4().hex[:8]}"
-    run("docker", "run", "-d", "--name", name, *systemd_container_args(),
-        "-p", "127.0.0.1::22", "-p", "127.0.0.1::8080", systemd_image)  # fmt: skip
-    try:
-        state = ["docker", "exec", name, "systemctl", "is-system-running"]
-        wait_until(
-            lambda: run(*state, check=False).stdout.strip() in ("running", "degraded"),
-            timeout=60,
-            what="systemd to boot in the container",
-        )
-        key = tmp_path / "id_ed25519"
-        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hello-ssh-test", "-f", str(key))
-        setup = (
-            "useradd --create-home --shell /bin/bash deploy"
-            " && install -d -m 700 -o deploy -g deploy ~deploy/.ssh"
-            " && install -m 600 -o deploy -g deploy /dev/stdin ~deploy/.ssh/authorized_keys"
-            " && echo 'deploy ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/deploy"
-        )
-        public_key = key.with_suffix(".pub").read_text()
-        run("docker", "exec", "-i", name, "sh", "-c", setup, input=public_key)
-        ssh_port = published_port(name, 22)
-        known_hosts = tmp_path / "known_hosts"
-        wait_until(
-            lambda: run("ssh-keyscan", "-p", str(ssh_port), "127.0.0.1", check=False).stdout != "",
-            timeout=30,
-            what="sshd to answer",
-        )
-        known_hosts.write_text(run("ssh-keyscan", "-p", str(ssh_port), "127.0.0.1").stdout)
-        ssh_args = f"-o UserKnownHostsFile={known_hosts} -o IdentitiesOnly=yes"
-        inventory = tmp_path / "hosts.ini"
-        inventory.write_text(
-            "[hello_app]\n"
-            f"vm1 ansible_host=127.0.0.1 ansible_port={ssh_port} ansible_user=deploy"
-            f" ansible_ssh_private_key_file={key} ansible_ssh_common_args='{ssh_args}'\n"
-        )
-        ssh = ["ssh", "-p", str(ssh_port), "-i", str(key), *ssh_args.split(), "deploy@127.0.0.1"]
-        yield {"name": name, "inventory": inventory, "ssh": ssh, "http": published_port(name, 8080)}
-    finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+def vm(ssh_vms, tmp_path):
+    """One VM, and an inventory that names it."""
+    machine = ssh_vms("vm1")
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text("[hello_app]\n" + machine["inventory_line"])
+    return {**machine, "inventory": inventory}
 
 
 def deploy(vm, home: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -1,0 +1,119 @@
+"""site.yml across several hosts: the fleet check that runs before any host is touched, and
+the one-host-at-a-time rollout that stops at the first failure.
+
+The hosts here are names for 127.0.0.1 on a port where nothing listens: reaching one fails at
+once, and says so in Ansible's output ("UNREACHABLE"), so the output shows which hosts the
+play tried to touch, and in what order.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import REPO_ROOT, free_port, http_request, run
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def site_yml(tmp_path, hosts: list[str], *extra: str) -> str:
+    closed_port = free_port()
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text(
+        "[hello_app]\n"
+        + "".join(
+            f"{host} ansible_host=127.0.0.1 ansible_port={closed_port} ansible_user=nobody\n"
+            for host in hosts
+        )
+    )
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", ANSIBLE_NOCOLOR="1")
+    result = subprocess.run(
+        [VENV_BIN / "ansible-playbook", "-i", inventory, "site.yml", *extra],
+        cwd=REPO_ROOT / "ansible",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0  # no host can be reached here
+    return result.stdout + result.stderr
+
+
+def test_a_fleet_without_a_database_url_stops_before_touching_any_host(tmp_path):
+    output = site_yml(tmp_path, ["web1", "web2"])
+    assert "2 hosts and no hello_app_database_url" in output
+    assert "UNREACHABLE" not in output, "a host was connected to before the check"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("-e", "hello_app_database_url=postgresql://app:pw@db.internal:5432/hello"),
+        ("-e", "hello_app_sqlite_per_host=true"),
+    ],
+    ids=["shared-database", "sqlite-on-purpose"],
+)
+def test_a_fleet_with_a_database_or_sqlite_on_purpose_goes_on_to_deploy(tmp_path, extra):
+    output = site_yml(tmp_path, ["web1", "web2"], *extra)
+    assert "fatal: [web1]: UNREACHABLE" in output
+
+
+def test_a_single_vm_may_use_sqlite(tmp_path):
+    output = site_yml(tmp_path, ["web1"])
+    assert "fatal: [web1]: UNREACHABLE" in output
+
+
+def test_the_rollout_goes_one_host_at_a_time_and_stops_at_the_first_failure(tmp_path):
+    output = site_yml(tmp_path, ["web1", "web2", "web3"], "-e", "hello_app_sqlite_per_host=true")
+    assert "fatal: [web1]: UNREACHABLE" in output
+    assert "[web2]: UNREACHABLE" not in output and "[web3]: UNREACHABLE" not in output
+
+
+def test_serial_is_a_variable(tmp_path):
+    output = site_yml(
+        tmp_path, ["web1", "web2", "web3"], "-e", "hello_app_sqlite_per_host=true",
+        "-e", "hello_app_serial=2",
+    )  # fmt: skip
+    assert "fatal: [web1]: UNREACHABLE" in output and "fatal: [web2]: UNREACHABLE" in output
+    assert "[web3]: UNREACHABLE" not in output
+
+
+def write_broken_release(directory: Path) -> Path:
+    """A copy of the app that exits at once: it never answers its check."""
+    (directory / "app").mkdir(parents=True)
+    (directory / "app" / "main.py").write_text("raise SystemExit('broken on purpose')\n")
+    (directory / "requirements.txt").write_text((REPO_ROOT / "requirements.txt").read_text())
+    return directory
+
+
+def test_a_bad_release_stops_at_the_first_of_three_vms_which_is_rolled_back(ssh_vms, tmp_path):
+    vms = [ssh_vms(f"vm{n}") for n in (1, 2, 3)]
+    inventory = tmp_path / "fleet.ini"
+    inventory.write_text("[hello_app]\n" + "".join(vm["inventory_line"] for vm in vms))
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", ANSIBLE_NOCOLOR="1")
+
+    def deploy(*extra: str) -> subprocess.CompletedProcess:
+        return run(
+            VENV_BIN / "ansible-playbook", "-i", inventory, "site.yml",
+            "-e", "hello_app_sqlite_per_host=true", *extra,
+            cwd=REPO_ROOT / "ansible", env=env, check=False, timeout=900,
+        )  # fmt: skip
+
+    good = deploy("-e", "hello_app_version=1.0.0")
+    assert good.returncode == 0, good.stdout[-4000:]
+
+    broken = write_broken_release(tmp_path / "broken")
+    bad = deploy("-e", "hello_app_version=2.0.0-bad", "-e", f"hello_app_source_dir={broken}",
+                 "-e", "hello_app_healthcheck_timeout=6")  # fmt: skip
+    assert bad.returncode != 0
+    assert "ROLLED BACK: 1.0.0 is current again" in bad.stdout
+
+    releases = [run(*vm["ssh"], "ls /opt/hello-app/releases").stdout.split() for vm in vms]
+    assert "2.0.0-bad" in releases[0]  # tried, and rolled back
+    assert releases[1:] == [["1.0.0"], ["1.0.0"]], "the rollout went past the failed host"
+    for vm in vms:
+        current = run(*vm["ssh"], "readlink /opt/hello-app/current").stdout.strip()
+        assert current == "/opt/hello-app/releases/1.0.0"
+        page = http_request(vm["http"], "/")
+        assert (page.status, page.text) == (200, "Hello World")
