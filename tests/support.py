@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -134,6 +135,60 @@ def raw_exchange(port: int, payload: bytes, timeout: float = 5) -> bytes:
         except (ConnectionResetError, TimeoutError):
             pass
         return b"".join(chunks)
+
+
+class LoadLoop:
+    """GET / on a new connection each time, from `threads` threads, until the `with` block
+    ends (or 60 s): counts the answers and records every failure. Traffic to 127.0.0.1 only."""
+
+    def __init__(self, port: int, threads: int = 4, pause: float = 0.0):
+        self.port, self.pause, self.answered, self.failed = port, pause, 0, []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self):
+        deadline = time.monotonic() + 60
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                ok = http_request(self.port, "/", timeout=10).text == "Hello World"
+            except (OSError, http.client.HTTPException) as error:
+                self.failed.append(repr(error))
+                continue
+            if ok:
+                self.answered += 1
+            else:
+                self.failed.append("not Hello World")
+            time.sleep(self.pause)
+
+    def __enter__(self):
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def wait_for(self, more: int):
+        target = self.answered + more
+        wait_until(lambda: self.answered >= target, what=f"{more} more answers")
+
+
+# What systemd does between fork and exec for a socket-activated service: the socket on
+# fd 3, and LISTEN_PID set to the PID that exec keeps.
+_HAND_OVER = 'exec 3<&"$HANDED_FD"; LISTEN_PID=$$ LISTEN_FDS=1 exec "$PYTHON" "$APP"'
+
+
+def start_socket_activated(sock: socket.socket, env: dict[str, str], **popen) -> subprocess.Popen:
+    """Start the app serving on the listening socket `sock`, as systemd would hand it over."""
+    env = {
+        **env,
+        "HANDED_FD": str(sock.fileno()),
+        "PYTHON": sys.executable,
+        "APP": str(REPO_ROOT / "app" / "main.py"),
+    }
+    return subprocess.Popen(["bash", "-c", _HAND_OVER], env=env, pass_fds=(sock.fileno(),), **popen)
 
 
 class AppProcess:

@@ -2,13 +2,11 @@
 rotated password reaches the app without a restart, and never through its command line."""
 
 import os
-import threading
-import time
 from pathlib import Path
 
 import psycopg2
 import pytest
-from support import PostgresCluster
+from support import LoadLoop, PostgresCluster
 
 from app.config import ConfigError, load_config
 
@@ -33,35 +31,6 @@ def replace_file(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-class RootRequests:
-    """GET / in a loop from another thread, counting failures, until stopped (or 60 s)."""
-
-    def __init__(self, server):
-        self.server, self.sent, self.failed = server, 0, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run)
-
-    def _run(self):
-        deadline = time.monotonic() + 60
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            self.sent += 1
-            try:
-                response = self.server.get("/", timeout=5)
-                if response.status != 200:
-                    self.failed.append(response.status)
-            except OSError as error:
-                self.failed.append(repr(error))
-            time.sleep(0.02)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
 def test_a_rotated_password_is_picked_up_from_the_file_without_a_restart(
     app_server, postgres_cluster, tmp_path
 ):
@@ -70,7 +39,7 @@ def test_a_rotated_password_is_picked_up_from_the_file_without_a_restart(
     server = app_server(DATABASE_URL="", DATABASE_URL_FILE=str(url_file), DB_TIMEOUT_SECONDS="2")
     assert server.post("/visits").json() == {"visits": 1}
 
-    with RootRequests(server) as root:
+    with LoadLoop(server.port, threads=1, pause=0.02) as root:
         set_password(postgres_cluster, OLD_PASSWORD, NEW_PASSWORD)
         refused = server.post("/visits")
         replace_file(url_file, url_with(postgres_cluster, NEW_PASSWORD) + "\n")
@@ -82,7 +51,7 @@ def test_a_rotated_password_is_picked_up_from_the_file_without_a_restart(
     }
     assert after.status == 201
     assert after.json() == {"visits": 2}
-    assert root.sent > 0 and root.failed == []
+    assert root.answered > 0 and root.failed == []
     assert server.proc.poll() is None, "no restart"
 
     cmdline = Path(f"/proc/{server.proc.pid}/cmdline").read_bytes()

@@ -4,23 +4,16 @@ port, and a restart, even of every worker at once, leaves connections waiting in
 backlog instead of refused. The test process plays systemd: it holds the socket throughout.
 """
 
-import http.client
 import os
 import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
 
 import pytest
-from support import REPO_ROOT, free_port, http_request, wait_until
+from support import LoadLoop, free_port, http_request, start_socket_activated, wait_until
 
 from app.config import ConfigError, load_config
-
-# What systemd does between fork and exec: the socket on fd 3, and LISTEN_PID set to the
-# PID that exec keeps.
-HAND_OVER = 'exec 3<&"$HANDED_FD"; LISTEN_PID=$$ LISTEN_FDS=1 exec "$PYTHON" "$APP"'
 
 
 class Worker:
@@ -28,21 +21,12 @@ class Worker:
         self.log_path = tmp_path / f"{name}.log"
         env = {
             "PATH": os.environ["PATH"],
-            "HANDED_FD": str(sock.fileno()),
-            "PYTHON": sys.executable,
-            "APP": str(REPO_ROOT / "app" / "main.py"),
             # Were the app to bind a port of its own, this one is taken: it would fail.
             "PORT": str(sock.getsockname()[1]),
             "DATABASE_URL": f"sqlite:///{tmp_path / 'app.sqlite3'}",
         }
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                ["bash", "-c", HAND_OVER],
-                env=env,
-                pass_fds=(sock.fileno(),),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+            self.proc = start_socket_activated(sock, env, stdout=log, stderr=subprocess.STDOUT)
         wait_until(lambda: '"event": "ready"' in self.log, what=f"{name} to be ready")
 
     @property
@@ -80,42 +64,6 @@ def workers(handed_socket, tmp_path):
             worker.proc.wait()
 
 
-class Load:
-    """GET / on a new connection each time, from 4 threads, until stopped (or 60 s)."""
-
-    def __init__(self, port: int):
-        self.port, self.answered, self.failed = port, 0, []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run) for _ in range(4)]
-
-    def _run(self):
-        deadline = time.monotonic() + 60
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                ok = http_request(self.port, "/", timeout=10).text == "Hello World"
-            except (OSError, http.client.HTTPException) as error:
-                self.failed.append(repr(error))
-                continue
-            if ok:
-                self.answered += 1
-            else:
-                self.failed.append("wrong answer")
-
-    def __enter__(self):
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-
-    def wait_for(self, more: int):
-        target = self.answered + more
-        wait_until(lambda: self.answered >= target, what=f"{more} more answers")
-
-
 def test_the_app_serves_on_the_socket_systemd_hands_over(handed_socket, workers):
     worker = workers("worker-1")
     assert http_request(handed_socket.getsockname()[1], "/").text == "Hello World"
@@ -132,7 +80,7 @@ def test_socket_variables_meant_for_another_process_are_ignored():
 
 def test_restarting_workers_one_at_a_time_or_all_at_once_drops_nothing(handed_socket, workers):
     first, second = workers("worker-1"), workers("worker-2")
-    with Load(handed_socket.getsockname()[1]) as load:
+    with LoadLoop(handed_socket.getsockname()[1]) as load:
         load.wait_for(50)
         assert first.stop() == 0  # a rolling restart: the other worker goes on accepting
         load.wait_for(50)
@@ -150,7 +98,7 @@ def test_restarting_workers_one_at_a_time_or_all_at_once_drops_nothing(handed_so
 
 def test_a_killed_worker_leaves_the_others_serving(handed_socket, workers):
     doomed, survivor = workers("worker-1"), workers("worker-2")
-    with Load(handed_socket.getsockname()[1]) as load:
+    with LoadLoop(handed_socket.getsockname()[1]) as load:
         load.wait_for(50)
         doomed.stop(signal.SIGKILL)
         load.wait_for(200)

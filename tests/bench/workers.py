@@ -18,28 +18,19 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from support import start_socket_activated  # noqa: E402 - after the path it needs
+
 RUNS = int(os.environ.get("RUNS", "3"))
 DURATION = os.environ.get("BENCH_DURATION", "6s")
 WORKERS = int(os.environ.get("BENCH_WORKERS", str(os.cpu_count() or 2)))
-HAND_OVER = 'exec 3<&"$HANDED_FD"; LISTEN_PID=$$ LISTEN_FDS=1 exec "$PYTHON" "$APP"'
 
 
 def start_workers(sock: socket.socket, count: int, data: Path) -> list[subprocess.Popen]:
-    env = {
-        "PATH": os.environ["PATH"],
-        "HANDED_FD": str(sock.fileno()),
-        "PYTHON": sys.executable,
-        "APP": str(ROOT / "app" / "main.py"),
-        "DATABASE_URL": f"sqlite:///{data / 'bench.sqlite3'}",
-    }
+    env = {"PATH": os.environ["PATH"], "DATABASE_URL": f"sqlite:///{data / 'bench.sqlite3'}"}
     return [
-        subprocess.Popen(
-            ["bash", "-c", HAND_OVER],
-            env=env,
-            pass_fds=(sock.fileno(),),
-            stdout=subprocess.DEVNULL,  # a line per request, as in production
-            stderr=subprocess.DEVNULL,
-        )
+        # A line per request goes to the log, as in production, and is thrown away.
+        start_socket_activated(sock, env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(count)
     ]
 
