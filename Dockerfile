@@ -24,6 +24,7 @@ RUN groupadd --system --gid 10001 hello-app \
     && install -d -o hello-app -g hello-app /opt/hello-app/data
 COPY --from=build /opt/venv /opt/venv
 COPY app /opt/hello-app/app
+# `python -m app` imports the package from the working directory.
 WORKDIR /opt/hello-app
 USER 10001:10001
 EXPOSE 8080
@@ -31,4 +32,4 @@ EXPOSE 8080
 HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"PORT\", \"8080\")}/healthz', timeout=2)"]
 # Exec form: python is PID 1 and receives SIGTERM itself, then exits 0 after a graceful stop.
-CMD ["python", "app/main.py"]
+CMD ["python", "-m", "app"]

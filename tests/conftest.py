@@ -56,7 +56,7 @@ def docker():
 
 @pytest.fixture
 def app_server(tmp_path):
-    """Factory: start `python app/main.py` as a real server on a free port; stopped at teardown."""
+    """Factory: start `python -m app` as a real server on a free port; stopped at teardown."""
     servers = []
 
     def start(**env) -> AppProcess:

@@ -77,7 +77,8 @@ def test_invalid_configuration_exits_2_with_one_line_before_binding(env):
     port = free_port()
     env = {"PATH": "/usr/bin:/bin", "PORT": str(port), **env}
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "app" / "main.py")],
+        [sys.executable, "-m", "app"],
+        cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,
