@@ -13,11 +13,14 @@ RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools
 
 FROM ${PYTHON_IMAGE}
+# The app has no default database: the image's is SQLite in its data/, for `docker run`
+# alone. Compose sets DATABASE_URL; to use DATABASE_URL_FILE, also set DATABASE_URL= (empty).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    DATABASE_URL=sqlite:////opt/hello-app/data/app.sqlite3
 # Fixed UID/GID so volume ownership and the compose hardening do not depend on the base image.
-# data/ is the SQLite fallback when DATABASE_URL is unset; the code itself stays root-owned.
+# data/ holds that SQLite file, so the app may write there; the code itself stays root-owned.
 RUN groupadd --system --gid 10001 hello-app \
     && useradd --system --uid 10001 --gid hello-app --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin hello-app \

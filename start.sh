@@ -7,8 +7,8 @@
 #   ./start.sh restart    stop, then start
 #   ./start.sh install    only create or update the venv
 #
-# Settings: PORT (default 8080) and the app's other variables (see README), plus
-# PYTHON, VENV_DIR, START_TIMEOUT and STOP_TIMEOUT for this script.
+# Settings: PORT (default 8080), DATABASE_URL (default: SQLite in data/) and the app's other
+# variables (see README), plus PYTHON, VENV_DIR, START_TIMEOUT and STOP_TIMEOUT for this script.
 set -euo pipefail
 
 # Physical path (-P): what /proc/PID/cwd and lsof report for the app started from here.
@@ -19,6 +19,10 @@ PYTHON="${PYTHON:-python3}"
 VENV_DIR="${VENV_DIR:-$ROOT/.venv}"
 START_TIMEOUT="${START_TIMEOUT:-15}"
 STOP_TIMEOUT="${STOP_TIMEOUT:-15}"
+# The app has no default database: the one of a checkout is an SQLite file in its data/.
+if [[ -z "${DATABASE_URL:-}" && -z "${DATABASE_URL_FILE:-}" ]]; then
+  export DATABASE_URL="sqlite:///$ROOT/data/app.sqlite3"
+fi
 
 LOG_FILE="$ROOT/logs/app.log"
 RUN_DIR="$ROOT/.run"

@@ -178,6 +178,29 @@ def test_the_app_of_another_checkout_is_neither_reported_nor_stopped(checkout, t
         other.run("stop")
 
 
+def test_the_database_defaults_to_sqlite_in_the_checkouts_data_directory(checkout):
+    assert checkout.run().returncode == 0
+    assert http_request(checkout.port, "/visits", method="POST").status == 201
+    assert (checkout.root / "data" / "app.sqlite3").is_file()
+
+
+def test_a_database_url_given_by_the_user_is_used_instead(checkout, tmp_path):
+    database = tmp_path / "elsewhere.sqlite3"
+    assert checkout.run(DATABASE_URL=f"sqlite:///{database}").returncode == 0
+    assert http_request(checkout.port, "/visits", method="POST").status == 201
+    assert database.is_file()
+    assert not (checkout.root / "data").exists()
+
+
+def test_a_database_url_file_is_not_combined_with_the_default(checkout, tmp_path):
+    # The app refuses DATABASE_URL and DATABASE_URL_FILE together: start.sh adds no default.
+    result = checkout.run(DATABASE_URL_FILE=str(tmp_path / "not-written-yet"))
+    assert result.returncode == 0, result.stderr
+    visits = http_request(checkout.port, "/visits")
+    assert visits.status == 503
+    assert visits.json()["reason"] == "database not configured"
+
+
 def test_stale_pid_file_of_a_dead_process_is_ignored(checkout):
     dead = subprocess.Popen(["true"])
     dead.wait()
