@@ -112,7 +112,7 @@ diagram: venv ## Render docs/architecture.png from docs/diagram.py (needs Graphv
 bench: venv ## Measure start-up time and HTTP throughput; prints figures, asserts nothing.
 	tests/bench/run.sh
 
-clean: ## Remove the venv, logs, local data and caches.
+clean: ## Remove the venv, logs, local data, caches and build output.
 	rm -rf $(VENV) $(CHECKOV_VENV) logs data .run .pytest_cache .ruff_cache build dist \
 	  *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
