@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 LINT_TARGETS := lint-python lint-shell lint-workflows lint-docker lint-yaml lint-ansible \
   lint-packer lint-infra
 
-.PHONY: help venv test lint $(LINT_TARGETS) bench clean images bench-docker molecule \
+.PHONY: help venv dist test lint $(LINT_TARGETS) bench clean images bench-docker molecule \
   packer-validate diagram
 
 # $(call require,COMMAND,HOW TO INSTALL IT): stop the target with one line naming the missing
@@ -28,6 +28,14 @@ $(VENV)/.dev-installed: requirements.txt requirements-dev.txt start.sh
 	touch $@
 
 venv: $(VENV)/.dev-installed ## Create or update the dev venv (.venv).
+
+# Only the runtime venv: pip builds in an isolated environment with pyproject.toml's pinned
+# setuptools. build/ goes first, as setuptools would put a module deleted since in the wheel.
+dist: ## Build the app's wheel, the one artefact deployments install, into dist/.
+	VENV_DIR=$(VENV) PYTHON=$(PYTHON) ./start.sh install
+	rm -rf build dist
+	$(BIN)/pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir dist .
+	@ls dist/*.whl
 
 test: venv ## Run the whole test suite.
 	$(BIN)/pytest tests -ra --timeout=900 $(PYTEST_ARGS)
@@ -104,6 +112,7 @@ diagram: venv ## Render docs/architecture.png from docs/diagram.py (needs Graphv
 bench: venv ## Measure start-up time and HTTP throughput; prints figures, asserts nothing.
 	tests/bench/run.sh
 
-clean: ## Remove the venv, logs, local data and caches.
-	rm -rf $(VENV) $(CHECKOV_VENV) logs data .run .pytest_cache .ruff_cache
+clean: ## Remove the venv, logs, local data, caches and build output.
+	rm -rf $(VENV) $(CHECKOV_VENV) logs data .run .pytest_cache .ruff_cache build dist \
+	  *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

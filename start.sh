@@ -7,19 +7,23 @@
 #   ./start.sh restart    stop, then start
 #   ./start.sh install    only create or update the venv
 #
-# Settings: PORT (default 8080) and the app's other variables (see README), plus
-# PYTHON, VENV_DIR, START_TIMEOUT and STOP_TIMEOUT for this script.
+# Settings: PORT (default 8080), DATABASE_URL (default: SQLite in data/) and the app's other
+# variables (see README), plus PYTHON, VENV_DIR, START_TIMEOUT and STOP_TIMEOUT for this script.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# Physical path (-P): what /proc/PID/cwd and lsof report for the app started from here.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 PORT="${PORT:-8080}"
 HOST="${HOST:-0.0.0.0}"
 PYTHON="${PYTHON:-python3}"
 VENV_DIR="${VENV_DIR:-$ROOT/.venv}"
 START_TIMEOUT="${START_TIMEOUT:-15}"
 STOP_TIMEOUT="${STOP_TIMEOUT:-15}"
+# The app has no default database: the one of a checkout is an SQLite file in its data/.
+if [[ -z "${DATABASE_URL:-}" && -z "${DATABASE_URL_FILE:-}" ]]; then
+  export DATABASE_URL="sqlite:///$ROOT/data/app.sqlite3"
+fi
 
-APP_MAIN="$ROOT/app/main.py"
 LOG_FILE="$ROOT/logs/app.log"
 RUN_DIR="$ROOT/.run"
 PID_FILE="$RUN_DIR/app.pid"
@@ -72,6 +76,24 @@ process_args() {
   fi
 }
 
+# The working directory of a process: /proc on Linux, lsof on macOS.
+process_cwd() {
+  if [[ -e "/proc/$1/cwd" ]]; then
+    readlink "/proc/$1/cwd"
+  else
+    lsof -a -p "$1" -d cwd -Fn 2>/dev/null | sed -n 's/^n//p'
+  fi
+}
+
+# Our app is a `python -m app` whose working directory is this checkout: the one started
+# from another checkout, even with the same venv, has another. Only the end of the command
+# line is compared, because macOS's framework Python re-executes itself under another name.
+is_our_app() {
+  local args
+  args="$(process_args "$1")"
+  [[ "${args% }" == *" -m app" && "$(process_cwd "$1")" == "$ROOT" ]]
+}
+
 # True while the process has not exited. A zombie has: it is only waiting for its parent to
 # reap it, which never happens when the parent is a container's PID 1 that does not wait
 # (docker exec into `sleep infinity`, or a CI job container).
@@ -94,7 +116,7 @@ running_pid() {
   pid="$(cat "$PID_FILE" 2>/dev/null)" || return 1
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
   is_running "$pid" || return 1
-  [[ "$(process_args "$pid")" == *"$APP_MAIN"* ]] || return 1
+  is_our_app "$pid" || return 1
   printf '%s\n' "$pid"
 }
 
@@ -188,7 +210,11 @@ cmd_start() {
   fi
 
   mkdir -p "$(dirname "$LOG_FILE")" "$RUN_DIR"
-  PORT="$PORT" HOST="$HOST" nohup "$VENV_DIR/bin/python" "$APP_MAIN" >>"$LOG_FILE" 2>&1 </dev/null &
+  # From the checkout's root, so that `-m app` finds the package; exec keeps the PID.
+  (
+    cd "$ROOT"
+    PORT="$PORT" HOST="$HOST" exec nohup "$VENV_DIR/bin/python" -m app
+  ) >>"$LOG_FILE" 2>&1 </dev/null &
   pid=$!
   url="http://localhost:$PORT"
   printf '%s\n' "$pid" >"$PID_FILE"

@@ -11,9 +11,6 @@ from urllib.parse import urlsplit
 
 from app.logs import redact_url
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SQLITE_PATH = REPO_ROOT / "data" / "app.sqlite3"
-
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -29,10 +26,11 @@ class Config:
     # A listening socket handed over by systemd's socket activation: its file descriptor.
     # None: bind HOST:PORT ourselves.
     listen_fd: int | None = None
-    # postgresql://… or sqlite:///…; the default is an SQLite file under data/.
-    database_url: str = f"sqlite:///{DEFAULT_SQLITE_PATH}"
-    # Or a file that holds a postgresql:// URL, re-read whenever it changes, so a rotated
-    # password needs no restart. It may not exist yet: the boot step writes it.
+    # postgresql://… or sqlite:///…. No default: where the data lives is the caller's choice
+    # (start.sh: the checkout's data/; the image: its data directory; the unit: its state).
+    database_url: str | None = None
+    # Or, instead, a file that holds a postgresql:// URL, re-read whenever it changes, so a
+    # rotated password needs no restart. It may not exist yet: the boot step writes it.
     database_url_file: Path | None = None
     log_level: str = "INFO"
     threads: int = 4
@@ -97,9 +95,9 @@ def check_database_url(raw: str, name: str = "DATABASE_URL", allow_sqlite: bool 
     raise ConfigError(f"{name} scheme {scheme!r} is not supported (use {use})")
 
 
-def _database_url(env: Mapping[str, str]) -> str:
+def _database_url(env: Mapping[str, str]) -> str | None:
     raw = env.get("DATABASE_URL", "").strip()
-    return check_database_url(raw) if raw else Config.database_url
+    return check_database_url(raw) if raw else None
 
 
 def _database_url_file(env: Mapping[str, str]) -> Path | None:
@@ -141,7 +139,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
             f"DB_MAX_CONCURRENCY={db_max_concurrency} must be below WAITRESS_THREADS={threads},"
             " so that a thread is always free for / and /healthz"
         )
-    return Config(
+    config = Config(
         host=env.get("HOST", "").strip() or Config.host,
         port=_number(env, "PORT", Config.port, 1, 65535),
         listen_fd=_systemd_socket(env),
@@ -157,3 +155,9 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
             env, "SHUTDOWN_TIMEOUT_SECONDS", Config.shutdown_timeout_seconds, 0, 300, parse=float
         ),
     )
+    if config.database_url is None and config.database_url_file is None:
+        raise ConfigError(
+            "no database configured: set DATABASE_URL (postgresql://... or"
+            " sqlite:////absolute/path.db) or DATABASE_URL_FILE"
+        )
+    return config

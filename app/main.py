@@ -1,14 +1,11 @@
-"""Entry point: `python app/main.py`. Reads the configuration once, then serves until SIGTERM."""
+"""The app's start: reads the configuration once, then serves until SIGTERM. Run it as
+`python -m app` (app/__main__.py).
+"""
 
 import contextlib
 import logging
 import sys
 import threading
-from pathlib import Path
-
-if __package__ in (None, ""):
-    # Run as a script: make the `app` package importable from the repository root.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.config import ConfigError, load_config
 from app.db import DatabaseUnavailable, open_database
@@ -53,7 +50,3 @@ def main() -> int:
     threading.Thread(target=warm_up, args=(database,), name="db-warm-up", daemon=True).start()
     server.serve()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,15 +9,11 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import uuid
 
 import pytest
 from support import REPO_ROOT, AppProcess, PostgresCluster, require_command, run, wait_until
-
-# The app is imported as a package from the repository root, as `python app/main.py` does.
-sys.path.insert(0, str(REPO_ROOT))
 
 FORBID_SKIPS = os.environ.get("FORBID_SKIPS") == "1"
 
@@ -38,12 +34,9 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped, but FORBID_SKIPS=1 makes every test mandatory: {reason}"
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "docker: needs a Docker engine (added automatically)")
-
-
 def pytest_collection_modifyitems(items):
-    # `-m "not docker"` then selects the tests that need no Docker engine.
+    # `-m "not docker"` then selects the tests that need no Docker engine (the marker is
+    # declared in pyproject.toml).
     for item in items:
         if "docker" in item.fixturenames:
             item.add_marker(pytest.mark.docker)
@@ -63,7 +56,7 @@ def docker():
 
 @pytest.fixture
 def app_server(tmp_path):
-    """Factory: start `python app/main.py` as a real server on a free port; stopped at teardown."""
+    """Factory: start `python -m app` as a real server on a free port; stopped at teardown."""
     servers = []
 
     def start(**env) -> AppProcess:

@@ -177,22 +177,23 @@ class LoadLoop:
 
 # What systemd does between fork and exec for a socket-activated service: the socket on
 # fd 3, and LISTEN_PID set to the PID that exec keeps.
-_HAND_OVER = 'exec 3<&"$HANDED_FD"; LISTEN_PID=$$ LISTEN_FDS=1 exec "$PYTHON" "$APP"'
+_HAND_OVER = 'exec 3<&"$HANDED_FD"; LISTEN_PID=$$ LISTEN_FDS=1 exec "$PYTHON" -m app'
 
 
 def start_socket_activated(sock: socket.socket, env: dict[str, str], **popen) -> subprocess.Popen:
     """Start the app serving on the listening socket `sock`, as systemd would hand it over."""
-    env = {
-        **env,
-        "HANDED_FD": str(sock.fileno()),
-        "PYTHON": sys.executable,
-        "APP": str(REPO_ROOT / "app" / "main.py"),
-    }
-    return subprocess.Popen(["bash", "-c", _HAND_OVER], env=env, pass_fds=(sock.fileno(),), **popen)
+    env = {**env, "HANDED_FD": str(sock.fileno()), "PYTHON": sys.executable}
+    return subprocess.Popen(
+        ["bash", "-c", _HAND_OVER],
+        cwd=REPO_ROOT,  # where `-m app` finds the package
+        env=env,
+        pass_fds=(sock.fileno(),),
+        **popen,
+    )
 
 
 class AppProcess:
-    """`python app/main.py` as a child process, its output in a log file."""
+    """`python -m app` as a child process, run from the checkout, its output in a log file."""
 
     def __init__(self, log_path: Path, env: dict[str, str]):
         self.log_path = log_path
@@ -208,7 +209,8 @@ class AppProcess:
     def start(self, wait: bool = True) -> "AppProcess":
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, str(REPO_ROOT / "app" / "main.py")],
+                [sys.executable, "-m", "app"],
+                cwd=REPO_ROOT,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -3,19 +3,40 @@
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from support import REPO_ROOT, free_port
 
 from app.config import Config, ConfigError, load_config
 
+SQLITE_URL = "sqlite:////var/lib/hello-app/app.sqlite3"
 
-def test_defaults_listen_on_8080_with_sqlite_under_data():
-    config = load_config({})
+
+def test_defaults_listen_on_8080():
+    config = load_config({"DATABASE_URL": SQLITE_URL})
     assert config.port == 8080
-    assert config.database_kind == "sqlite"
-    assert config.sqlite_path == REPO_ROOT / "data" / "app.sqlite3"
+    assert config.host == "0.0.0.0"
     assert config.max_request_body_bytes == 1024 * 1024
+
+
+def test_an_sqlite_url_names_the_file_the_caller_chose():
+    config = load_config({"DATABASE_URL": SQLITE_URL})
+    assert config.database_kind == "sqlite"
+    assert config.sqlite_path == Path("/var/lib/hello-app/app.sqlite3")
+
+
+def test_a_database_url_file_alone_is_enough(tmp_path):
+    config = load_config({"DATABASE_URL_FILE": str(tmp_path / "database-url")})
+    assert config.database_url is None
+    assert config.database_kind == "postgresql"
+
+
+@pytest.mark.parametrize("env", [{}, {"DATABASE_URL": " "}, {"DATABASE_URL_FILE": ""}])
+def test_no_database_is_refused_naming_both_variables(env):
+    # The app knows no repository or data directory of its own to fall back on.
+    with pytest.raises(ConfigError, match=r"set DATABASE_URL .* or DATABASE_URL_FILE$"):
+        load_config(env)
 
 
 def test_environment_overrides_are_applied():
@@ -71,13 +92,19 @@ def test_unsupported_database_url_error_does_not_echo_the_password():
 
 @pytest.mark.parametrize(
     "env",
-    [{"PORT": "abc"}, {"PORT": "70000"}, {"DATABASE_URL": "redis://:pw@cache:6379/0"}],
+    [
+        {"PORT": "abc", "DATABASE_URL": SQLITE_URL},
+        {"PORT": "70000", "DATABASE_URL": SQLITE_URL},
+        {"DATABASE_URL": "redis://:pw@cache:6379/0"},
+        {},  # no database at all
+    ],
 )
 def test_invalid_configuration_exits_2_with_one_line_before_binding(env):
     port = free_port()
     env = {"PATH": "/usr/bin:/bin", "PORT": str(port), **env}
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "app" / "main.py")],
+        [sys.executable, "-m", "app"],
+        cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,

@@ -69,6 +69,13 @@ def test_the_container_turns_healthy(container):
     wait_until(lambda: health(name) == "healthy", timeout=30, what="health status 'healthy'")
 
 
+def test_run_alone_the_image_keeps_its_sqlite_file_in_its_data_directory(container):
+    # The app has no default database; the image gives it one that its user may write.
+    name, port = container
+    assert http_request(port, "/visits", method="POST").status == 201
+    docker_cmd("exec", name, "test", "-f", "/opt/hello-app/data/app.sqlite3")
+
+
 def test_the_server_runs_as_a_fixed_non_root_user(container):
     name, _ = container
     status = docker_cmd("exec", name, "cat", "/proc/1/status")

@@ -71,11 +71,13 @@ def test_the_app_serves_on_the_socket_systemd_hands_over(handed_socket, workers)
 
 
 def test_socket_variables_meant_for_another_process_are_ignored():
-    assert load_config({"LISTEN_FDS": "1", "LISTEN_PID": str(os.getpid())}).listen_fd == 3
-    assert load_config({"LISTEN_FDS": "1", "LISTEN_PID": "1"}).listen_fd is None
-    assert load_config({}).listen_fd is None
+    database = {"DATABASE_URL": "sqlite:////var/lib/hello-app/app.sqlite3"}
+    ours = str(os.getpid())
+    assert load_config({**database, "LISTEN_FDS": "1", "LISTEN_PID": ours}).listen_fd == 3
+    assert load_config({**database, "LISTEN_FDS": "1", "LISTEN_PID": "1"}).listen_fd is None
+    assert load_config(database).listen_fd is None
     with pytest.raises(ConfigError, match="LISTEN_FDS='2': expected the one socket"):
-        load_config({"LISTEN_FDS": "2", "LISTEN_PID": str(os.getpid())})
+        load_config({**database, "LISTEN_FDS": "2", "LISTEN_PID": ours})
 
 
 def test_restarting_workers_one_at_a_time_or_all_at_once_drops_nothing(handed_socket, workers):

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import REPO_ROOT, free_port, http_request, path_without
+from support import REPO_ROOT, free_port, http_request, path_without, wait_until
 
 
 class Checkout:
@@ -37,6 +37,7 @@ class Checkout:
         }
         return subprocess.run(
             [str(self.root / "start.sh"), *args],
+            cwd=self.root.parent,  # not the checkout: start.sh finds its own root
             env=full_env,
             capture_output=True,
             text=True,
@@ -67,13 +68,14 @@ def is_alive(pid: int) -> bool:
     return state != "Z"
 
 
-def processes_running(text: str) -> list[int]:
-    """Live PIDs whose command line contains `text`: pgrep -f, without needing procps."""
+def apps_running_in(root: Path) -> list[int]:
+    """Live PIDs of `python -m app` working in `root`: pgrep, without needing procps."""
     pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for process in Path("/proc").glob("[0-9]*"):
         try:
-            found = text.encode() in cmdline.read_bytes()
-            pid = int(cmdline.parent.name)
+            found = process.joinpath("cmdline").read_bytes().endswith(b"\0-m\0app\0")
+            found = found and process.joinpath("cwd").resolve() == root.resolve()
+            pid = int(process.name)
         except OSError:  # the process ended while we looked
             continue
         if found and is_alive(pid):
@@ -157,6 +159,48 @@ def test_port_taken_by_another_copy_leaves_that_app_untouched(checkout, tmp_path
     assert http_request(checkout.port, "/").text == "Hello World"
 
 
+def test_the_app_of_another_checkout_is_neither_reported_nor_stopped(checkout, tmp_path):
+    # Both run `python -m app` from the same venv: only the working directory tells them apart.
+    other = Checkout(tmp_path / "other", checkout.venv)
+    assert other.run().returncode == 0
+    other_pid = other.pid()
+    try:
+        checkout.pid_file.parent.mkdir()
+        checkout.pid_file.write_text(f"{other_pid}\n")
+        assert checkout.run("status").returncode == 3
+        checkout.pid_file.write_text(f"{other_pid}\n")
+        assert checkout.run("stop").returncode == 0
+        assert is_alive(other_pid), "stop must not signal the app of another checkout"
+        assert checkout.run().returncode == 0
+        assert checkout.pid() != other_pid
+        assert apps_running_in(checkout.root) == [checkout.pid()]
+    finally:
+        other.run("stop")
+
+
+def test_the_database_defaults_to_sqlite_in_the_checkouts_data_directory(checkout):
+    assert checkout.run().returncode == 0
+    assert http_request(checkout.port, "/visits", method="POST").status == 201
+    assert (checkout.root / "data" / "app.sqlite3").is_file()
+
+
+def test_a_database_url_given_by_the_user_is_used_instead(checkout, tmp_path):
+    database = tmp_path / "elsewhere.sqlite3"
+    assert checkout.run(DATABASE_URL=f"sqlite:///{database}").returncode == 0
+    assert http_request(checkout.port, "/visits", method="POST").status == 201
+    assert database.is_file()
+    assert not (checkout.root / "data").exists()
+
+
+def test_a_database_url_file_is_not_combined_with_the_default(checkout, tmp_path):
+    # The app refuses DATABASE_URL and DATABASE_URL_FILE together: start.sh adds no default.
+    result = checkout.run(DATABASE_URL_FILE=str(tmp_path / "not-written-yet"))
+    assert result.returncode == 0, result.stderr
+    visits = http_request(checkout.port, "/visits")
+    assert visits.status == 503
+    assert visits.json()["reason"] == "database not configured"
+
+
 def test_stale_pid_file_of_a_dead_process_is_ignored(checkout):
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -217,8 +261,8 @@ def test_an_app_that_never_answers_times_out_and_is_stopped(checkout):
     result = checkout.run(START_TIMEOUT="1")
     assert result.returncode == 1
     assert "did not answer" in result.stderr
-    hung = processes_running(str(checkout.root / "app" / "main.py"))
-    assert hung == [], "the hung process must have been stopped"
+    # SIGTERM takes effect a moment after start.sh has sent it and returned.
+    wait_until(lambda: apps_running_in(checkout.root) == [], timeout=5, what="the hung app to stop")
 
 
 def test_fresh_clone_creates_the_venv_then_start_is_a_quick_no_op(checkout, tmp_path):
