@@ -1,4 +1,4 @@
-"""The app as app/main.py builds it (create_app inside RequestLog, JSON request logs on), as
+"""The app as app.main builds it (create_app inside RequestLog, JSON request logs on), as
 a WSGI module for another server: make bench serves it with gunicorn. Needs the repository
 root on sys.path (gunicorn's --pythonpath)."""
 

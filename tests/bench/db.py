@@ -39,7 +39,9 @@ class App:
         self.port = free_port()
         env = {"PATH": os.environ["PATH"], "PORT": str(self.port), "DATABASE_URL": database_url}
         self.proc = subprocess.Popen(
-            [sys.executable, str(tree / "app" / "main.py")],
+            # `-m app` from the tree's root imports that tree's app.
+            [sys.executable, "-m", "app"],
+            cwd=tree,
             env=env,
             stdout=subprocess.DEVNULL,  # a line per request: far too many to keep
             stderr=subprocess.DEVNULL,

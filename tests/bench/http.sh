@@ -15,8 +15,8 @@ command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)"
 app_port="$(free_port)"
 raw_port="$(free_port)"
 logs="$(mktemp -d)"
-PORT="$app_port" DATABASE_URL="sqlite:///$logs/bench.sqlite3" \
-  "$PYTHON" "$ROOT/app/main.py" >"$logs/app.log" 2>&1 &
+(cd "$ROOT" && PORT="$app_port" DATABASE_URL="sqlite:///$logs/bench.sqlite3" \
+  exec "$PYTHON" -m app) >"$logs/app.log" 2>&1 &
 app_pid=$!
 (cd "$ROOT/tests/bench" && exec "$ROOT/.venv/bin/waitress-serve" --port="$raw_port" --threads=4 \
   --ident= raw_wsgi:app) >"$logs/raw.log" 2>&1 &

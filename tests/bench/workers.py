@@ -48,7 +48,7 @@ def start_workers(sock: socket.socket, count: int, data: Path) -> list[subproces
 
 
 def start_gunicorn(sock: socket.socket, data: Path) -> list[subprocess.Popen]:
-    """gunicorn gthread, 2 workers x 4 threads, on the app as app/main.py builds it."""
+    """gunicorn gthread, 2 workers x 4 threads, on the app as app.main builds it."""
     command = [
         sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--workers", "2",
         "--threads", "4", "--bind", f"fd://{sock.fileno()}",
