@@ -107,14 +107,9 @@ build {
       "ANSIBLE_CONFIG=${path.root}/../ansible/ansible.cfg",
     ]
     extra_arguments = [
+      # What every bake shares, with the OpenSSH workarounds for Packer's SSH proxy.
+      "--extra-vars", "@${path.root}/bake-vars.yml",
       "--extra-vars", jsonencode(local.ansible_extra_vars),
-      # OpenSSH >= 9 scp speaks SFTP by default, which Packer's SSH proxy does not serve:
-      # force the legacy scp protocol (hashicorp/packer-plugin-ansible#100).
-      "--scp-extra-args", "'-O'",
-      # OpenSSH >= 8.8 refuses the ssh-rsa (SHA-1) host key that the proxy offers in older
-      # plugin versions (hashicorp/packer-plugin-ansible#140); this only concerns the
-      # proxy on 127.0.0.1, not the connection to the instance.
-      "--ssh-extra-args=-o HostKeyAlgorithms=+ssh-rsa -o PubkeyAcceptedAlgorithms=+ssh-rsa",
     ]
   }
 

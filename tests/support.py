@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The file an instance of the AMI copies the app's journal lines to, for the CloudWatch agent
+# to ship: hello_app_aws_log_file in ansible/roles/hello_app_aws/defaults/main.yml.
+AMI_APP_LOG_FILE = "/var/log/hello-app/app.log"
 
 
 def require_command(command: str, package: str) -> str:

@@ -22,7 +22,7 @@ import urllib.parse
 import boto3
 import pytest
 import yaml
-from support import REPO_ROOT, free_port, require_command, wait_until
+from support import AMI_APP_LOG_FILE, REPO_ROOT, free_port, require_command, wait_until
 
 REGION = "us-east-1"
 AMI = "ami-0123456789abcdef0"
@@ -495,7 +495,7 @@ class Instance:
             "group": self.group,
             "database_url_file": "/etc/hello-app/database-url",
             "rds_ca_bundle": RDS_CA_BUNDLE,
-            "log_file": "/var/log/hello-app/app.log",
+            "log_file": AMI_APP_LOG_FILE,
             "ready_url": ready_url,
             "ready_timeout_seconds": 5,
             "refresh_timer": "hello-app-db-url.timer",
@@ -664,7 +664,7 @@ def test_boot_writes_the_url_ships_the_log_starts_what_is_stopped_and_signals_su
     agent_dir = instance.root / "opt/aws/amazon-cloudwatch-agent"
     agent_config = json.loads((agent_dir / "etc/amazon-cloudwatch-agent.json").read_text())
     (shipped,) = agent_config["logs"]["logs_collected"]["files"]["collect_list"]
-    assert shipped["file_path"] == "/var/log/hello-app/app.log"
+    assert shipped["file_path"] == AMI_APP_LOG_FILE
     assert shipped["log_group_name"] == outputs["AppLogGroupName"]
     (agent_call,) = instance.agent
     assert agent_call.startswith("-a fetch-config -m ec2 -s -c file:")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import systemd_container_args
-from support import REPO_ROOT, require_command, wait_until
+from support import AMI_APP_LOG_FILE, REPO_ROOT, require_command, wait_until
 
 VENV_BIN = Path(sys.executable).parent
 ENV_FILE = "/etc/hello-app/hello-app.env"
@@ -153,7 +153,8 @@ def test_baked_image_serves_without_a_database_until_the_boot_step_writes_its_ur
         assert unit("NRestarts") == "0"
 
         # rsyslog copies the journal to the file the CloudWatch agent ships.
-        wait_until(lambda: "/readyz" in sh("cat /var/log/hello-app/app.log", check=False).stdout,
-                   what="the request in /var/log/hello-app/app.log")  # fmt: skip
+        assert image["log_file"] == AMI_APP_LOG_FILE
+        wait_until(lambda: "/readyz" in sh(f"cat {AMI_APP_LOG_FILE}", check=False).stdout,
+                   what=f"the request in {AMI_APP_LOG_FILE}")  # fmt: skip
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)

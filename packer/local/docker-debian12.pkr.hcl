@@ -43,15 +43,14 @@ build {
       "ANSIBLE_CONFIG=${path.root}/../../ansible/ansible.cfg",
     ]
     extra_arguments = [
+      # What every bake shares, as in hello-app.pkr.hcl.
+      "--extra-vars", "@${path.root}/../bake-vars.yml",
       "--extra-vars", jsonencode({
         hello_app_version = var.app_version
         # Both come from AWS (S3, and RDS's trust store), out of reach here.
         hello_app_aws_cloudwatch_agent_url = ""
         hello_app_aws_rds_ca_bundle_url    = ""
       }),
-      # The same two OpenSSH >= 9 workarounds as hello-app.pkr.hcl.
-      "--scp-extra-args", "'-O'",
-      "--ssh-extra-args=-o HostKeyAlgorithms=+ssh-rsa -o PubkeyAcceptedAlgorithms=+ssh-rsa",
     ]
   }
 
