@@ -6,6 +6,9 @@ The socket is handed over the way systemd does it (LISTEN_FDS, LISTEN_PID, fd 3)
 gets the same kind of socket as fd://. Runs alternate between the three servers, so all see
 the same noise; medians and per-run ratios. Goals: N workers >= 2.5x one worker and >= 1.2x
 gunicorn, p99 <= 20 ms. N defaults to the number of CPUs.
+
+Then the restarts: GET / on a new connection per request while the N workers are restarted
+one at a time, then all at once; failed requests are counted. Goal: 0 for both.
 """
 
 import importlib.util
@@ -23,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
-from support import start_socket_activated  # noqa: E402 - after the path it needs
+from support import LoadLoop, start_socket_activated  # noqa: E402 - after the path it needs
 
 RUNS = int(os.environ.get("RUNS", "3"))
 DURATION = os.environ.get("BENCH_DURATION", "6s")
@@ -106,6 +109,41 @@ def run(start: StartServers, data: Path) -> tuple[float, float]:
         sock.close()
 
 
+def failed_during_restarts(data: Path) -> dict[str, tuple[int, int]]:
+    """Failed and answered requests while N workers restart one at a time, then all at once."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    port = sock.getsockname()[1]
+    workers = start_workers(sock, WORKERS, data)
+    wait_until_serving(port)
+    results = {}
+    try:
+        with LoadLoop(port) as load:
+            for index in range(len(workers)):
+                workers[index].terminate()
+                workers[index].wait(timeout=30)
+                workers[index] = start_workers(sock, 1, data)[0]
+                time.sleep(1)  # the new worker's start-up, as systemd waits for READY=1
+        results["rolling restart"] = (len(load.failed), load.answered)
+        with LoadLoop(port) as load:
+            time.sleep(1)
+            for worker in workers:
+                worker.terminate()
+            for worker in workers:
+                worker.wait(timeout=30)
+            workers = start_workers(sock, WORKERS, data)  # meanwhile: the socket's backlog
+            wait_until_serving(port)
+            time.sleep(1)
+        results["restart of all workers"] = (len(load.failed), load.answered)
+    finally:
+        for worker in workers:
+            worker.terminate()
+            worker.wait(timeout=30)
+        sock.close()
+    return results
+
+
 def per_run_ratio(numerator: list[tuple[float, float]], denominator: list[tuple[float, float]]):
     """The median of the throughput ratios of runs made side by side, so in the same noise."""
     return statistics.median(n[0] / d[0] for n, d in zip(numerator, denominator, strict=True))
@@ -127,6 +165,7 @@ def main() -> None:
     for _ in range(RUNS):
         for label, start in servers.items():
             results[label].append(run(start, data))
+    restarts = failed_during_restarts(data)
     shutil.rmtree(data)
     print(f"GET / on the app with its request logs, wrk -t2 -c50 -d{DURATION}, {RUNS} runs:")
     for label, runs in results.items():
@@ -140,6 +179,9 @@ def main() -> None:
     print(f"  {many_label} / 1 worker (per run): {against_one:.2f}   (goal: >= 2.5)")
     print(f"  {many_label} / {gunicorn_label} (per run): {against_gunicorn:.2f}   (goal: >= 1.2)")
     print(f"  {many_label} p99: {many_p99:.1f} ms   (goal: <= 20 ms)")
+    print(f"GET / on new connections while {many_label} restart:")
+    for label, (failed, answered) in restarts.items():
+        print(f"  {label:24} {failed} failed of {failed + answered}   (goal: 0)")
 
 
 if __name__ == "__main__":
