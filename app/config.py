@@ -26,6 +26,9 @@ class Config:
     # A listening socket handed over by systemd's socket activation: its file descriptor.
     # None: bind HOST:PORT ourselves.
     listen_fd: int | None = None
+    # systemd's notification socket (Type=notify): told READY=1 once the worker serves, so
+    # `systemctl restart` returns only then, and a rolling restart can go on to the next one.
+    notify_socket: str | None = None
     # postgresql://… or sqlite:///…. No default: where the data lives is the caller's choice
     # (start.sh: the checkout's data/; the image: its data directory; the unit: its state).
     database_url: str | None = None
@@ -143,6 +146,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         host=env.get("HOST", "").strip() or Config.host,
         port=_number(env, "PORT", Config.port, 1, 65535),
         listen_fd=_systemd_socket(env),
+        notify_socket=env.get("NOTIFY_SOCKET", "").strip() or None,
         database_url=_database_url(env),
         database_url_file=_database_url_file(env),
         log_level=log_level,

@@ -16,6 +16,7 @@ from waitress.server import create_server
 from waitress.task import ThreadedTaskDispatcher
 
 from app.config import Config
+from app.systemd import notify
 
 log = logging.getLogger("app.server")
 
@@ -121,9 +122,11 @@ class GracefulServer:
                 "socket": "systemd" if self.config.listen_fd is not None else "own",
             },
         )
+        notify(self.config.notify_socket, "READY=1")
         while self._stop_signal is None:
             self._poll()
         log.info("stopping", extra={"signal": signal.Signals(self._stop_signal).name})
+        notify(self.config.notify_socket, "STOPPING=1")
         self._drain()
         log.info("stopped")
 

@@ -142,15 +142,17 @@ def raw_exchange(port: int, payload: bytes, timeout: float = 5) -> bytes:
 
 class LoadLoop:
     """GET / on a new connection each time, from `threads` threads, until the `with` block
-    ends (or 60 s): counts the answers and records every failure. Traffic to 127.0.0.1 only."""
+    ends (or `seconds`): counts the answers and records every failure. Traffic to 127.0.0.1
+    only."""
 
-    def __init__(self, port: int, threads: int = 4, pause: float = 0.0):
-        self.port, self.pause, self.answered, self.failed = port, pause, 0, []
+    def __init__(self, port: int, threads: int = 4, pause: float = 0.0, seconds: float = 60):
+        self.port, self.pause, self.seconds = port, pause, seconds
+        self.answered, self.failed = 0, []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
 
     def _run(self):
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + self.seconds
         while not self._stop.is_set() and time.monotonic() < deadline:
             try:
                 ok = http_request(self.port, "/", timeout=10).text == "Hello World"

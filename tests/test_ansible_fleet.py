@@ -80,10 +80,12 @@ def test_serial_is_a_variable(tmp_path):
 
 
 def write_broken_release(directory: Path) -> Path:
-    """A copy of the app that exits at once: it never answers its check."""
+    """A package of the app that exits at once: it never answers its check."""
     (directory / "app").mkdir(parents=True)
-    (directory / "app" / "main.py").write_text("raise SystemExit('broken on purpose')\n")
-    (directory / "requirements.txt").write_text((REPO_ROOT / "requirements.txt").read_text())
+    (directory / "app" / "__init__.py").write_text("")
+    (directory / "app" / "__main__.py").write_text("raise SystemExit('broken on purpose')\n")
+    for name in ("pyproject.toml", "requirements.txt"):
+        (directory / name).write_text((REPO_ROOT / name).read_text())
     return directory
 
 

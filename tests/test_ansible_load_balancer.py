@@ -41,15 +41,20 @@ from test_ansible_ssh import MAKE_SECRETS
 VENV_BIN = Path(sys.executable).parent
 OLD_RELEASE, NEW_RELEASE = "1.0.0", "2.0.0"
 REGION = "us-east-1"
+# A deploy of two VMs, one at a time, on a loaded machine: mostly the release venvs' pip.
+PLAY_TIMEOUT = 900
 
 
-def readme_command(lb_type: str, inventory: Path) -> str:
-    """README section 4's deploy command for this load balancer, with the test's inventory."""
+def readme_command(playbook: str, lb_type: str, inventory: Path) -> str:
+    """README section 4's command that runs `playbook` (site.yml or rollback.yml) behind this
+    load balancer, with the test's inventory."""
     readme = (REPO_ROOT / "README.md").read_text()
     [command] = [
-        line
+        line.strip()
         for line in readme.splitlines()
-        if line.startswith("ansible-playbook ") and line.endswith(f"-e hello_app_lb_type={lb_type}")
+        if line.strip().startswith("ansible-playbook ")
+        and f" {playbook} " in line
+        and line.endswith(f"-e hello_app_lb_type={lb_type}")
     ]
     assert " -i inventory/production.ini " in command
     return command.replace("inventory/production.ini", shlex.quote(str(inventory)))
@@ -83,31 +88,20 @@ class Fleet:
             "[hello_app]\n" + "".join(lines) + "[hello_app:vars]\n" + settings
         )
 
-    def deploy(self, command: str, load_port: int | None = None) -> list[LoadLoop]:
+    def deploy(self, command: str, load_port: int | None = None) -> LoadLoop | None:
         """Run a deploy command from ansible/, its output in a log file of its own. With
-        load_port, requests go through that port from before the play starts until it ends, in
-        back-to-back load loops of up to 50 s (a LoadLoop stops itself after 60 s)."""
+        load_port, requests go through that port from before the play starts until it ends."""
         self.deploys += 1
         log_path = self.inventory.parent / f"deploy-{self.deploys}.log"
-        rounds = []
-        with log_path.open("w") as log:
-            play = subprocess.Popen(["bash", "-c", command], cwd=REPO_ROOT / "ansible",
-                                    env=self.env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-            deadline = time.monotonic() + 900
-            while play.poll() is None and time.monotonic() < deadline:
-                if load_port is None:
-                    time.sleep(1)
-                    continue
-                with (
-                    LoadLoop(load_port, threads=4, pause=0.02) as load,
-                    contextlib.suppress(subprocess.TimeoutExpired),
-                ):
-                    play.wait(timeout=50)
-                rounds.append(load)
-            if play.poll() is None:
-                play.kill()
-        assert play.wait() == 0, f"{command}\n{log_path.read_text()[-6000:]}"
-        return rounds
+        load = None
+        if load_port:
+            load = LoadLoop(load_port, threads=4, pause=0.02, seconds=PLAY_TIMEOUT)
+        with log_path.open("w") as log, load or contextlib.nullcontext():
+            play = subprocess.run(["bash", "-c", command], cwd=REPO_ROOT / "ansible", env=self.env,
+                                  stdout=log, stderr=subprocess.STDOUT, timeout=PLAY_TIMEOUT,
+                                  check=False)  # fmt: skip
+        assert play.returncode == 0, f"{command}\n{log_path.read_text()[-6000:]}"
+        return load
 
     def deploy_old_release(self) -> None:
         """README step 4's command, both hosts at once and no load balancer: the starting point."""
@@ -183,12 +177,14 @@ class OutOfRotation:
         assert max(len(out) for _, out in self.samples) == 1
 
 
-def assert_each_host_left_around_its_restart(fleet: Fleet, rotation: OutOfRotation, since: float):
+def assert_each_host_left_around_its_restart(
+    fleet: Fleet, rotation: OutOfRotation, since: float, release: str = NEW_RELEASE
+):
     rotation.assert_one_host_out_at_a_time()
     windows = {alias: fleet.restart_window(alias, since) for alias in fleet.vms}
     for alias, (stopping, ready) in windows.items():
         rotation.assert_out_around_restart(alias, stopping, ready)
-        assert fleet.current_release(alias) == NEW_RELEASE
+        assert fleet.current_release(alias) == release
     (_, first_ready), (second_stop, _) = sorted(windows.values())
     assert first_ready < second_stop, "the hosts restarted at the same time"
 
@@ -289,17 +285,27 @@ def test_haproxy_drains_each_vm_before_its_restart_and_enables_it_once_ready(
     since = time.time()
     with OutOfRotation(lambda: haproxy_servers_out(proxy["socket"])) as rotation:
         command = (
-            readme_command("haproxy", fleet.inventory) + f" -e hello_app_version={NEW_RELEASE}"
+            readme_command("site.yml", "haproxy", fleet.inventory)
+            + f" -e hello_app_version={NEW_RELEASE}"
         )
-        rounds = fleet.deploy(command, load_port=proxy["port"])
+        load = fleet.deploy(command, load_port=proxy["port"])
 
-    failed = [failure for load in rounds for failure in load.failed]
-    answered = sum(load.answered for load in rounds)
+    failed, answered = load.failed, load.answered
     assert answered > 100 and failed == [], f"{len(failed)} of {answered} failed: {failed[:5]}"
     assert_each_host_left_around_its_restart(fleet, rotation, since)
     assert haproxy_status(proxy["socket"]) == {"vm1": "UP", "vm2": "UP", "BACKEND": "UP"}
     page = http_request(proxy["port"], "/")
     assert (page.status, page.text) == (200, "Hello World")
+
+    # README's rollback behind the load balancer: the same drain around each host's restart.
+    since = time.time()
+    with OutOfRotation(lambda: haproxy_servers_out(proxy["socket"])) as rotation:
+        load = fleet.deploy(
+            readme_command("rollback.yml", "haproxy", fleet.inventory), load_port=proxy["port"]
+        )
+    assert load.answered > 100 and load.failed == [], load.failed[:5]
+    assert_each_host_left_around_its_restart(fleet, rotation, since, release=OLD_RELEASE)
+    assert haproxy_status(proxy["socket"]) == {"vm1": "UP", "vm2": "UP", "BACKEND": "UP"}
 
 
 # ALB target group in moto ----------------------------------------------------------------
@@ -388,7 +394,8 @@ def test_alb_deregisters_each_vm_before_its_restart_and_registers_it_once_ready(
     since = time.time()
     with OutOfRotation(hosts_out) as rotation:
         fleet.deploy(
-            readme_command("alb", fleet.inventory) + f" -e hello_app_version={NEW_RELEASE}"
+            readme_command("site.yml", "alb", fleet.inventory)
+            + f" -e hello_app_version={NEW_RELEASE}"
         )
 
     assert_each_host_left_around_its_restart(fleet, rotation, since)

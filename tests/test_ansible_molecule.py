@@ -48,7 +48,7 @@ def test_molecule_scenario_converges_idempotently_and_verifies_the_service(docke
     assert result.returncode == 0, f"molecule test failed; its last output:\n{output[-8000:]}"
     for step in ("converge", "idempotence", "verify"):
         assert f"{step}: Executed: Successful" in output, f"no {step}:\n{output[-4000:]}"
-    score = re.search(r"Overall exposure level for hello-app\.service: ([0-9.]+)", output)
+    score = re.search(r"Overall exposure level for hello-app@1\.service: ([0-9.]+)", output)
     assert score, "verify did not print the systemd-analyze security score"
-    print(f"\nsystemd-analyze security hello-app.service: exposure {score.group(1)} (goal <= 2.5)")
+    print(f"\nsystemd-analyze security hello-app@1: exposure {score.group(1)} (goal <= 2.5)")
     print("\n".join(line for line in output.splitlines() if "Executed:" in line))

@@ -118,7 +118,7 @@ def test_baked_image_serves_without_a_database_until_the_boot_step_writes_its_ur
             return (int(status) if status.isdigit() else 0), body
 
         def unit(prop: str) -> str:
-            return sh(f"systemctl show hello-app --property {prop} --value").stdout.strip()
+            return sh(f"systemctl show hello-app@1 --property {prop} --value").stdout.strip()
 
         state = "systemctl is-system-running"
         wait_until(
@@ -126,7 +126,8 @@ def test_baked_image_serves_without_a_database_until_the_boot_step_writes_its_ur
             timeout=60,
             what="the baked image to boot",
         )
-        assert sh("systemctl is-enabled hello-app").stdout.strip() == "enabled"
+        enabled = sh("systemctl is-enabled hello-app.socket hello-app.target").stdout.split()
+        assert enabled == ["enabled", "enabled"]
         assert sh("readlink /opt/hello-app/current").stdout.strip().endswith("/baked-1")
         # The two roles agree on the file: the app reads the one the boot step writes.
         image = json.loads(sh(f"cat {IMAGE_SETTINGS}").stdout)

@@ -17,9 +17,10 @@ from app.config import ConfigError, load_config
 
 
 class Worker:
-    def __init__(self, sock: socket.socket, tmp_path, name: str):
+    def __init__(self, sock: socket.socket, tmp_path, name: str, **extra_env: str):
         self.log_path = tmp_path / f"{name}.log"
         env = {
+            **extra_env,
             "PATH": os.environ["PATH"],
             # Were the app to bind a port of its own, this one is taken: it would fail.
             "PORT": str(sock.getsockname()[1]),
@@ -53,8 +54,8 @@ def handed_socket():
 def workers(handed_socket, tmp_path):
     started = []
 
-    def start(name: str) -> Worker:
-        started.append(Worker(handed_socket, tmp_path, name))
+    def start(name: str, **extra_env: str) -> Worker:
+        started.append(Worker(handed_socket, tmp_path, name, **extra_env))
         return started[-1]
 
     yield start
@@ -68,6 +69,21 @@ def test_the_app_serves_on_the_socket_systemd_hands_over(handed_socket, workers)
     worker = workers("worker-1")
     assert http_request(handed_socket.getsockname()[1], "/").text == "Hello World"
     assert '"socket": "systemd"' in worker.log
+
+
+def test_a_worker_tells_systemd_when_it_serves_and_when_it_stops(handed_socket, workers, tmp_path):
+    """Type=notify: `systemctl restart hello-app@1` returns once READY=1 arrives, which is what
+    lets a rolling restart wait for one worker before it restarts the next."""
+    systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    systemd.bind(str(tmp_path / "notify.sock"))
+    systemd.settimeout(10)
+    with systemd:
+        worker = workers("worker-1", NOTIFY_SOCKET=str(tmp_path / "notify.sock"))
+        assert systemd.recv(4096) == b"READY=1"
+        # READY means serving: the request needs no retry.
+        assert http_request(handed_socket.getsockname()[1], "/", timeout=2).status == 200
+        assert worker.stop() == 0
+        assert systemd.recv(4096) == b"STOPPING=1"
 
 
 def test_socket_variables_meant_for_another_process_are_ignored():

@@ -244,7 +244,7 @@ def boot(settings: dict, root: str, metadata_service: str) -> int:
         url = database_url(settings, read_secret(settings))
         write_database_url(under(root, settings["database_url_file"]), url, settings["group"])
         start_log_shipping(settings, root)
-        # Enabled in the AMI, hello-app is running already; start it if it is not.
+        # Enabled in the AMI, hello-app's workers run already; start them if they do not.
         systemctl("enable", "--now", settings["service"])
         systemctl("enable", "--now", settings["refresh_timer"])
         ready = wait_until_ready(settings["ready_url"], float(settings["ready_timeout_seconds"]))
