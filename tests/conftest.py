@@ -35,11 +35,13 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_collection_modifyitems(items):
-    # `-m "not docker"` then selects the tests that need no Docker engine (the marker is
-    # declared in pyproject.toml).
+    # `-m "not docker"` then selects the tests that need no Docker engine, `-m systemd` those
+    # that boot systemd containers as VMs (the markers are declared in pyproject.toml).
     for item in items:
         if "docker" in item.fixturenames:
             item.add_marker(pytest.mark.docker)
+        if "systemd_image" in item.fixturenames:  # ssh_vms too: it boots from systemd_image
+            item.add_marker(pytest.mark.systemd)
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ SKIP_NAMING_ITS_PACKAGE = re.compile(
     r"^SKIPPED \[\d+\] \S+: needs .+, .*\(apt-get install [a-z0-9.+-]+\)", re.MULTILINE
 )
 
-pytestmark = pytest.mark.timeout(3600)
+pytestmark = [pytest.mark.fresh_machine, pytest.mark.timeout(3600)]
 
 
 def readme_opening() -> tuple[str, list[str]]:

@@ -29,6 +29,8 @@ AMI = "ami-0123456789abcdef0"
 NEW_AMI = "ami-0fedcba9876543210"
 DEPLOY = REPO_ROOT / "infra" / "deploy.sh"
 
+pytestmark = pytest.mark.aws
+
 
 @pytest.fixture(scope="module")
 def moto_env(tmp_path_factory):
