@@ -1,5 +1,5 @@
 # Base images come from build args, so a registry mirror or an offline stand-in
-# (tests/images/) can replace them; the defaults are the public images.
+# (scripts/images/) can replace them; the defaults are the public images.
 ARG PYTHON_IMAGE=python:3.12-slim
 
 FROM ${PYTHON_IMAGE} AS build

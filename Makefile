@@ -56,15 +56,15 @@ lint-python: venv
 	$(BIN)/ruff format --check .
 
 lint-shell: venv
-	$(BIN)/shellcheck --external-sources start.sh .ci/run tests/bench/*.sh \
-	  tests/compose_smoke.sh $(wildcard tests/images/*.sh tests/images/*/*.sh) \
+	$(BIN)/shellcheck --external-sources start.sh .ci/run scripts/bench/*.sh \
+	  scripts/compose_smoke.sh $(wildcard scripts/images/*.sh scripts/images/*/*.sh) \
 	  packer/validate-offline.sh infra/deploy.sh
 
 lint-workflows: venv
 	$(BIN)/zizmor --offline .github/workflows/
 
 lint-docker: venv
-	$(BIN)/hadolint Dockerfile $(wildcard tests/images/*/Dockerfile)
+	$(BIN)/hadolint Dockerfile $(wildcard scripts/images/*/Dockerfile)
 
 lint-yaml: venv
 	$(BIN)/yamllint --strict .
@@ -89,10 +89,10 @@ molecule: venv ## Run the Ansible role's Molecule scenario (converge, idempotenc
 	$(BIN)/pytest tests/test_ansible_molecule.py -ra -s $(PYTEST_ARGS)
 
 images: ## Build the offline stand-ins for the public base images; writes .env.offline.
-	tests/images/build.sh
+	scripts/images/build.sh
 
 bench-docker: ## Measure image size, code-only rebuild and compose start-up; prints figures.
-	tests/bench/docker.sh
+	scripts/bench/docker.sh
 
 # checkov pins many of its dependencies; its own venv keeps them out of the dev venv.
 CHECKOV_VENV ?= .venv-checkov
@@ -110,7 +110,7 @@ diagram: venv ## Render docs/architecture.png from docs/diagram.py (needs Graphv
 	$(BIN)/python docs/diagram.py
 
 bench: venv ## Measure start-up time and HTTP throughput; prints figures, asserts nothing.
-	tests/bench/run.sh
+	scripts/bench/run.sh
 
 clean: ## Remove the venv, logs, local data, caches and build output.
 	rm -rf $(VENV) $(CHECKOV_VENV) logs data .run .pytest_cache .ruff_cache build dist \

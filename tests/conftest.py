@@ -35,11 +35,13 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_collection_modifyitems(items):
-    # `-m "not docker"` then selects the tests that need no Docker engine (the marker is
-    # declared in pyproject.toml).
+    # `-m "not docker"` then selects the tests that need no Docker engine, `-m systemd` those
+    # that boot systemd containers as VMs (the markers are declared in pyproject.toml).
     for item in items:
         if "docker" in item.fixturenames:
             item.add_marker(pytest.mark.docker)
+        if "systemd_image" in item.fixturenames:  # ssh_vms too: it boots from systemd_image
+            item.add_marker(pytest.mark.systemd)
 
 
 @pytest.fixture(scope="session")
@@ -121,13 +123,13 @@ def unresponsive_database():
 
 @pytest.fixture(scope="session")
 def base_images(docker) -> dict[str, str]:
-    """PYTHON_IMAGE and POSTGRES_IMAGE for builds and compose, from tests/images/select.sh.
+    """PYTHON_IMAGE and POSTGRES_IMAGE for builds and compose, from scripts/images/select.sh.
 
     The public images when they are present or can be pulled (GitHub's runners), otherwise
-    the offline stand-ins of tests/images/, built on first use (`make images`).
+    the offline stand-ins of scripts/images/, built on first use (`make images`).
     """
     select = subprocess.run(
-        [REPO_ROOT / "tests/images/select.sh"], capture_output=True, text=True, timeout=1800
+        [REPO_ROOT / "scripts/images/select.sh"], capture_output=True, text=True, timeout=1800
     )
     if select.returncode != 0 and shutil.which("debootstrap") is None:
         pytest.skip(
@@ -153,9 +155,9 @@ def systemd_container_args() -> list[str]:
 
 
 def standin_image(name: str) -> str:
-    """The offline stand-in of tests/images/<name>, built on first use (`make images`)."""
+    """The offline stand-in of scripts/images/<name>, built on first use (`make images`)."""
     build = subprocess.run(
-        [REPO_ROOT / "tests/images/build.sh", name], capture_output=True, text=True, timeout=1800
+        [REPO_ROOT / "scripts/images/build.sh", name], capture_output=True, text=True, timeout=1800
     )
     if build.returncode != 0:
         require_command("debootstrap", "debootstrap")
@@ -164,13 +166,13 @@ def standin_image(name: str) -> str:
     for line in (REPO_ROOT / ".env.offline").read_text().splitlines():
         if line.startswith(variable):
             return line.removeprefix(variable)
-    raise AssertionError(f"tests/images/build.sh wrote no {variable} to .env.offline")
+    raise AssertionError(f"scripts/images/build.sh wrote no {variable} to .env.offline")
 
 
 @pytest.fixture(scope="session")
 def systemd_image(docker) -> str:
     """A Debian 12 image that boots systemd and runs sshd: $HELLO_SYSTEMD_IMAGE, or the
-    offline stand-in of tests/images/debian12-systemd."""
+    offline stand-in of scripts/images/debian12-systemd."""
     return os.environ.get("HELLO_SYSTEMD_IMAGE") or standin_image("debian12-systemd")
 
 

@@ -366,6 +366,7 @@ def healthy_targets(endpoint: str, group_arn: str) -> set[str]:
     }
 
 
+@pytest.mark.aws
 def test_alb_deregisters_each_vm_before_its_restart_and_registers_it_once_ready(
     ssh_vms, moto_endpoint, tmp_path
 ):

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import systemd_container_args
 from support import REPO_ROOT
 
@@ -35,6 +36,8 @@ def molecule_env(request) -> dict[str, str]:
     return env
 
 
+# Not automatic: systemd_image is only requested when CI names no image of its own.
+@pytest.mark.systemd
 def test_molecule_scenario_converges_idempotently_and_verifies_the_service(docker, request):
     result = subprocess.run(
         [VENV_BIN / "molecule", "test"],

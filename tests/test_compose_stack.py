@@ -174,7 +174,7 @@ def test_web_runs_hardened(stack):
 
 
 def test_the_ci_smoke_script_passes(base_images, tmp_path):
-    """tests/compose_smoke.sh is what CI runs on GitHub's runners; run it here too."""
+    """scripts/compose_smoke.sh is what CI runs on GitHub's runners; run it here too."""
     require_command("curl", "curl")
     port = free_port()
     env_file = tmp_path / "smoke.env"
@@ -187,7 +187,11 @@ def test_the_ci_smoke_script_passes(base_images, tmp_path):
         "WEB_PORT": str(port),
     }
     result = subprocess.run(
-        [REPO_ROOT / "tests/compose_smoke.sh"], env=env, capture_output=True, text=True, timeout=600
+        [REPO_ROOT / "scripts/compose_smoke.sh"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     assert "compose smoke test passed" in result.stderr, result.stderr

@@ -4,7 +4,7 @@ written.
 
 The machine is a container of FRESH_MACHINE_IMAGE (CI's matrix on GitHub: debian:12 and
 ubuntu:24.04), else debian:12 when it can be pulled, else its offline stand-in built from
-Debian's packages (tests/images/debian12). The clone is of this repository's HEAD, so commit
+Debian's packages (scripts/images/debian12). The clone is of this repository's HEAD, so commit
 what you want tried. The commands run as an ordinary user, not root.
 """
 
@@ -27,7 +27,7 @@ SKIP_NAMING_ITS_PACKAGE = re.compile(
     r"^SKIPPED \[\d+\] \S+: needs .+, .*\(apt-get install [a-z0-9.+-]+\)", re.MULTILINE
 )
 
-pytestmark = pytest.mark.timeout(3600)
+pytestmark = [pytest.mark.fresh_machine, pytest.mark.timeout(3600)]
 
 
 def readme_opening() -> tuple[str, list[str]]:

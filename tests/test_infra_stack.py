@@ -1,7 +1,7 @@
 """infra/hello-app.yaml deployed against moto's server, then checked through the AWS APIs.
 
 The stack is created by infra/deploy.sh (the script the deploy workflow runs), so the
-change-set path is exercised too. See tests/infra_moto_server.py for what moto lacks.
+change-set path is exercised too. See scripts/moto_server.py for what moto lacks.
 """
 
 import ast
@@ -29,6 +29,8 @@ AMI = "ami-0123456789abcdef0"
 NEW_AMI = "ami-0fedcba9876543210"
 DEPLOY = REPO_ROOT / "infra" / "deploy.sh"
 
+pytestmark = pytest.mark.aws
+
 
 @pytest.fixture(scope="module")
 def moto_env(tmp_path_factory):
@@ -36,7 +38,7 @@ def moto_env(tmp_path_factory):
     port = free_port()
     log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
     server = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "tests" / "infra_moto_server.py"), str(port)],
+        [sys.executable, str(REPO_ROOT / "scripts" / "moto_server.py"), str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -4,8 +4,8 @@
 # so both see the same noise.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-# shellcheck source=tests/bench/lib.sh
-source "$ROOT/tests/bench/lib.sh"
+# shellcheck source=scripts/bench/lib.sh
+source "$ROOT/scripts/bench/lib.sh"
 
 RUNS="${RUNS:-5}"
 DURATION="${BENCH_DURATION:-8s}"
@@ -18,7 +18,7 @@ logs="$(mktemp -d)"
 (cd "$ROOT" && PORT="$app_port" DATABASE_URL="sqlite:///$logs/bench.sqlite3" \
   exec "$PYTHON" -m app) >"$logs/app.log" 2>&1 &
 app_pid=$!
-(cd "$ROOT/tests/bench" && exec "$ROOT/.venv/bin/waitress-serve" --port="$raw_port" --threads=4 \
+(cd "$ROOT/scripts/bench" && exec "$ROOT/.venv/bin/waitress-serve" --port="$raw_port" --threads=4 \
   --ident= raw_wsgi:app) >"$logs/raw.log" 2>&1 &
 raw_pid=$!
 trap 'kill "$app_pid" "$raw_pid" 2>/dev/null; wait; rm -rf "$logs"' EXIT

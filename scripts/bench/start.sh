@@ -3,8 +3,8 @@
 # Goal: <= 1 s.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-# shellcheck source=tests/bench/lib.sh
-source "$ROOT/tests/bench/lib.sh"
+# shellcheck source=scripts/bench/lib.sh
+source "$ROOT/scripts/bench/lib.sh"
 
 RUNS="${RUNS:-5}"
 port="$(free_port)"

@@ -1,6 +1,6 @@
 """moto's server, with the CloudFormation support our template needs and moto 5.2.5 lacks.
 
-Run as `python tests/infra_moto_server.py PORT`. Everything else is stock moto: the additions
+Run as `python scripts/moto_server.py PORT`. Everything else is stock moto: the additions
 below only translate template properties into calls on moto's own backends, the same calls
 that CloudWatch's, Auto Scaling's and RDS's APIs make, so the tests still see the resources
 through the real AWS APIs (describe_alarms, describe_policies, describe_db_instances).

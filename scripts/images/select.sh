@@ -2,7 +2,7 @@
 # Prints the variables that select the project's base images, one KEY=VALUE a line:
 # the public images (the defaults in Dockerfile and docker-compose.yml) when they are
 # present or can be pulled, otherwise the offline stand-ins, built when missing.
-# The test suite and tests/bench/docker.sh both call it, so they always pick alike.
+# The test suite and scripts/bench/docker.sh both call it, so they always pick alike.
 # Variables already set in the environment win.
 set -euo pipefail
 
@@ -34,7 +34,7 @@ main() {
   done
   if ((all_public == 0)); then
     echo "select.sh: cannot pull the public base images; using the offline stand-ins" >&2
-    "$REPO_ROOT/tests/images/build.sh" python postgres
+    "$REPO_ROOT/scripts/images/build.sh" python postgres
     for var in PYTHON_IMAGE POSTGRES_IMAGE; do
       [[ -n "${from_env[$var]:-}" ]] || chosen[$var]="$(sed -n "s/^$var=//p" "$REPO_ROOT/.env.offline")"
     done

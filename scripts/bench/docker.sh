@@ -3,13 +3,13 @@
 #   - what the image adds on top of its base image     (goal <= 20 MB)
 #   - a rebuild after a code-only change              (goal <= 5 s)
 #   - docker-compose up until both services are healthy, images already built (goal <= 15 s)
-# Base images: the public ones, or the offline stand-ins (tests/images/select.sh).
+# Base images: the public ones, or the offline stand-ins (scripts/images/select.sh).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 REPO_ROOT="$PWD"
-# shellcheck source=tests/bench/lib.sh
-source tests/bench/lib.sh
+# shellcheck source=scripts/bench/lib.sh
+source scripts/bench/lib.sh
 
 log() { printf '==> %s\n' "$*" >&2; }
 seconds_since() { awk -v start="$1" -v end="$(now)" 'BEGIN { printf "%.1f", end - start }'; }
@@ -76,7 +76,7 @@ bench_compose_up() {
 
 main() {
   local selected
-  selected="$(tests/images/select.sh)"
+  selected="$(scripts/images/select.sh)"
   PYTHON_IMAGE="$(sed -n 's/^PYTHON_IMAGE=//p' <<<"$selected")"
   POSTGRES_IMAGE="$(sed -n 's/^POSTGRES_IMAGE=//p' <<<"$selected")"
   log "Docker benchmarks on $PYTHON_IMAGE and $POSTGRES_IMAGE"

@@ -4,7 +4,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-BENCH_DIR="$ROOT/tests/bench"
+BENCH_DIR="$ROOT/scripts/bench"
 RUNS="${BENCH_RUNS:-5}"
 
 for script in "$BENCH_DIR"/start.sh "$BENCH_DIR"/http.sh "$BENCH_DIR"/docker.sh; do

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+# The helpers the tests use to drive the app (support.py) drive it here too.
 sys.path.insert(0, str(ROOT / "tests"))
 from support import LoadLoop, start_socket_activated  # noqa: E402 - after the path it needs
 
@@ -57,7 +58,7 @@ def start_gunicorn(sock: socket.socket, data: Path) -> list[subprocess.Popen]:
         "--threads", "4", "--bind", f"fd://{sock.fileno()}",
         # Otherwise it opens a control socket in $HOME, shared by every run on the machine.
         "--no-control-socket",
-        "--pythonpath", f"{ROOT},{ROOT / 'tests' / 'bench'}", "app_wsgi:application",
+        "--pythonpath", f"{ROOT},{ROOT / 'scripts' / 'bench'}", "app_wsgi:application",
     ]  # fmt: skip
     # Its request log lines go where the workers' go: thrown away after being written.
     server = subprocess.Popen(

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+# The helpers the tests use to drive the app (support.py) drive it here too.
 sys.path.insert(0, str(ROOT / "tests"))
 from support import PostgresCluster, free_port  # noqa: E402 - after the path it needs
 

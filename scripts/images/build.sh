@@ -2,7 +2,7 @@
 # Builds offline stand-ins for public base images from Debian's packages, for machines that
 # reach Debian's mirror but no container registry. Used by `make images` and the test suite.
 #
-# One directory per image under tests/images/:
+# One directory per image under scripts/images/:
 #   packages     Debian packages to install (whitespace-separated, # comments), required
 #   Dockerfile   optional; built on top of the debootstrapped rootfs (build arg BASE_IMAGE),
 #                with the image's directory as context
@@ -11,7 +11,7 @@
 # selecting it is written to .env.offline, e.g. PYTHON_IMAGE=hello-standin-python:0123abcd.
 # Adding an image means adding a directory; nothing here changes.
 #
-# Usage: tests/images/build.sh [NAME...]   (default: every image)
+# Usage: scripts/images/build.sh [NAME...]   (default: every image)
 set -euo pipefail
 
 IMAGES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -107,7 +107,7 @@ write_env_file() {
   local name tag tmp
   tmp="$(mktemp "$ENV_FILE.XXXXXX")"
   {
-    echo "# Written by tests/images/build.sh: offline stand-ins for the public base images."
+    echo "# Written by scripts/images/build.sh: offline stand-ins for the public base images."
     echo "# Use: docker-compose --env-file .env.offline up --build"
     for name in $(image_names); do
       tag="$(tag_for "$name")"
