@@ -4,6 +4,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -58,10 +59,23 @@ def run(*args, check=True, timeout: float = 600, **kwargs) -> subprocess.Complet
 
 
 def free_port() -> int:
-    """A TCP port that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port that nothing uses now, and that nothing else will be given meanwhile.
+
+    bind(0) would pick from the kernel's ephemeral range, which also supplies the local port
+    of every outgoing connection (to PostgreSQL, docker-proxy's ports…): between choosing
+    and listening, a client could take it, and the server then fails with "address already
+    in use". Below that range, the kernel hands out nothing by itself.
+    """
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = random.randint(max(1024, ephemeral_low - 10000), ephemeral_low - 1)  # noqa: S311
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port below the ephemeral range ({ephemeral_low})")
 
 
 @dataclass
