@@ -1,6 +1,7 @@
-"""The HA lab's load generator (lab/load.py, lab/locustfile.py) against the real app.
-No Docker: the app runs as a local process on SQLite."""
+"""The HA lab's load generator (lab/load.py, lab/locustfile.py) against the real app, and
+its reports (lab/report.py). No Docker: the app runs as a local process on SQLite."""
 
+import re
 import subprocess
 import sys
 import time
@@ -8,7 +9,8 @@ import time
 import pytest
 from support import free_port
 
-from lab.load import LOCUSTFILE, Load
+from lab.load import LOCUSTFILE, Load, Request
+from lab.report import DrillResult, print_table, timeline_png, write_markdown
 
 PATHS = {("GET", "/"), ("GET", "/healthz"), ("POST", "/visits"), ("GET", "/visits")}
 
@@ -98,3 +100,93 @@ def test_locustfile_run_by_hand_refuses_a_host_other_than_127_0_0_1(tmp_path):
     assert locust.returncode != 0
     assert "the host must be http://127.0.0.1:PORT" in locust.stderr
     assert not rows.exists()
+
+
+def synthetic_requests(start: float) -> list[Request]:
+    """Two requests a second on two paths for 20 s; /visits fails from 8 s to 12 s."""
+    rows = []
+    for tick in range(40):
+        at = start + tick / 2
+        down = 8 <= tick / 2 < 12
+        rows.append(Request(at, "GET", "/", 200, 3.0, True, ""))
+        if down:
+            rows.append(Request(at, "POST", "/visits", 0, 5000.0, False, "read timed out"))
+        else:
+            rows.append(Request(at, "POST", "/visits", 201, 8.0, True, ""))
+    return rows
+
+
+def drill_results(tmp_path) -> list[DrillResult]:
+    start = 1_800_000_000.0
+    rows = synthetic_requests(start)
+    png = tmp_path / "docs" / "drills" / "db-failover.png"
+    timeline_png(rows, start + 8, start + 12, "db-failover: writes resume within 10 s", png)
+    return [
+        DrillResult(
+            name="db-failover",
+            hypothesis="Writes resume within 10 s of the primary's loss, none lost",
+            fault="stop the primary; promote the standby; move the db alias",
+            requests=len(rows),
+            failed=sum(not r.ok for r in rows),
+            error_window_s=3.5,
+            rto_s=4.0,
+            rpo="0",
+            passed=True,
+            reasons=[],
+            timeline=png,
+            fault_start=start + 8,
+            fault_end=start + 12,
+        ),
+        DrillResult(
+            name="bad-deploy",
+            hypothesis="A release that fails its health check never takes traffic",
+            fault="deploy a release whose /healthz answers 500",
+            requests=120,
+            failed=7,
+            error_window_s=2.0,
+            rto_s=None,
+            rpo="n/a",
+            passed=False,
+            reasons=["7 requests failed; the budget is 0"],
+            timeline=None,
+            fault_start=start,
+            fault_end=start + 5,
+        ),
+    ]
+
+
+def test_timeline_is_a_png_file(tmp_path):
+    png = drill_results(tmp_path)[0].timeline
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 5_000 < png.stat().st_size < 500_000
+
+
+def test_markdown_report_has_a_row_per_drill_linking_its_timeline(tmp_path):
+    results = drill_results(tmp_path)
+    report = tmp_path / "docs" / "drills.md"
+    write_markdown(results, report, machine="2 cores, 23.5 GiB", notes=["lab up: 95 s"])
+    text = report.read_text()
+
+    assert "make drills" in text and "2 cores, 23.5 GiB" in text and "lab up: 95 s" in text
+    assert "| drill | requests | failed | error window | RTO | RPO | pass |" in text
+    rows = [line for line in text.splitlines() if line.startswith("| [") or "| bad-deploy" in line]
+    assert len(rows) == 2, text
+    assert "[db-failover](drills/db-failover.png)" in rows[0] and "| pass |" in rows[0]
+    assert rows[1].startswith("| bad-deploy |") and "| FAIL |" in rows[1]
+    assert "![db-failover timeline](drills/db-failover.png)" in text
+    assert "7 requests failed; the budget is 0" in text
+
+
+def test_table_lines_up_its_columns(tmp_path, capsys):
+    print_table(drill_results(tmp_path), notes=["suite: 4 min"])
+    header, rule, *rows, note = capsys.readouterr().out.splitlines()
+
+    spans = [match.span() for match in re.finditer(r"-+", rule)]
+
+    def cells(line):
+        return [line[start:end].strip() for start, end in spans]
+
+    assert cells(header) == ["drill", "requests", "failed", "error window", "RTO", "RPO", "pass"]
+    assert cells(rows[0]) == ["db-failover", "80", "8", "3.5 s", "4.0 s", "0", "pass"]
+    assert cells(rows[1]) == ["bad-deploy", "120", "7", "2.0 s", "n/a", "n/a", "FAIL"]
+    assert note == "suite: 4 min"
