@@ -1,0 +1,171 @@
+"""The lab's constant load: what a drill's users do while a fault is injected.
+
+Each user runs one task a second (constant_throughput), picked from the app's four routes, and
+checks each answer; lab/load.py sets the number of users to the rate it wants. Every request
+is also written as one CSV row (see REQUEST_FIELDS) to --requests-csv, as it completes, so that
+a drill can count failures per path and per second, and a run killed midway keeps its rows.
+
+Run by lab/load.py; by hand, from the repository's root:
+
+    locust -f lab/locustfile.py --headless --host http://127.0.0.1:8080 -u 10 -r 10 -t 30s \
+        --requests-csv /tmp/requests.csv
+
+Only http://127.0.0.1 is accepted as the host: the lab never sends load anywhere else.
+"""
+
+import csv
+import itertools
+import re
+import sys
+import time
+from urllib.parse import urlsplit
+
+import gevent
+from locust import HttpUser, constant_throughput, events, task
+
+# The columns of the per-request CSV; lab/load.py reads them back.
+REQUEST_FIELDS = ("at", "method", "path", "status", "latency_ms", "ok", "error")
+LOOPBACK = "127.0.0.1"
+
+
+@events.init_command_line_parser.add_listener
+def add_arguments(parser):
+    parser.add_argument(
+        "--requests-csv",
+        env_var="LAB_REQUESTS_CSV",
+        default="",
+        help="Write one CSV row per request to this file (required)",
+        include_in_web_ui=False,
+    )
+    parser.add_argument(
+        "--request-timeout",
+        env_var="LAB_REQUEST_TIMEOUT",
+        type=float,
+        default=5.0,
+        help="Seconds before a request counts as failed with status 0 (default 5)",
+        include_in_web_ui=False,
+    )
+
+
+class RequestRecorder:
+    """Appends one row per completed request; line-buffered, so each row reaches the file
+    as soon as it is written."""
+
+    def __init__(self, path: str):
+        self.file = open(path, "w", newline="", buffering=1)  # noqa: SIM115 - closed at quit
+        self.writer = csv.writer(self.file, lineterminator="\n")
+        self.writer.writerow(REQUEST_FIELDS)
+
+    def record(self, request_type, name, response_time, response, exception, **meta):
+        url = meta.get("url") or name
+        status = getattr(response, "status_code", 0) or 0
+        self.writer.writerow(
+            (
+                f"{meta.get('start_time') or 0:.6f}",
+                request_type,
+                urlsplit(url).path or name,
+                status,
+                f"{response_time:.1f}",
+                int(exception is None),
+                "" if exception is None else short_error(exception),
+            )
+        )
+
+    def close(self, **_):
+        self.file.close()
+
+
+def short_error(exception: BaseException) -> str:
+    """One line that says what went wrong, without the pool and URL noise of requests'
+    messages: "ConnectionRefusedError: [Errno 111] Connection refused"."""
+    text = " ".join(str(exception).split())
+    errno = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
+    if errno:
+        text = errno.group(0)
+    elif "Read timed out" in text:
+        text = "read timed out"
+    name = type(exception).__name__
+    text = text if name == "CatchResponseError" else f"{name}: {text}"
+    return text[:160]
+
+
+@events.init.add_listener
+def refuse_other_hosts_and_record(environment, **_):
+    options = environment.parsed_options
+    if options is None:
+        return  # imported by a tool, not run
+    target = urlsplit(environment.host or "")
+    if target.scheme != "http" or target.hostname != LOOPBACK:
+        # SystemExit passes through Locust's event hooks: nothing is spawned, nothing sent.
+        sys.exit(
+            f"lab/locustfile.py: the host must be http://{LOOPBACK}:PORT, not {target.geturl()!r}"
+        )
+    if not options.requests_csv:
+        sys.exit("lab/locustfile.py: --requests-csv (or LAB_REQUESTS_CSV) is required")
+    recorder = RequestRecorder(options.requests_csv)
+    environment.events.request.add_listener(recorder.record)
+    environment.events.quit.add_listener(recorder.close)
+
+
+class AppUser(HttpUser):
+    """A client of the app: one request a second, each answer checked."""
+
+    wait_time = constant_throughput(1)
+    _started = itertools.count()
+
+    def on_start(self):
+        self.timeout = self.environment.parsed_options.request_timeout
+        # Locust spawns a second's users together, and constant_throughput keeps them in step:
+        # all would fire in the same instant of each second, a burst that trips the app's
+        # database bulkhead (503 "database busy"). Shift each user's phase by the golden ratio,
+        # evenly spread for any count, then restart the pacing clock that constant_throughput
+        # (constant_pacing) keeps on the user, or it would pull the user back into step.
+        gevent.sleep(next(self._started) * 0.618034 % 1)
+        self._cp_last_run = time.perf_counter()
+
+    def _get(self, path):
+        return self.client.get(path, name=f"GET {path}", catch_response=True, timeout=self.timeout)
+
+    @task
+    def hello(self):
+        with self._get("/") as response:
+            expect(response, 200, lambda r: r.text == "Hello World")
+
+    @task
+    def healthz(self):
+        with self._get("/healthz") as response:
+            expect(response, 200)
+
+    @task
+    def record_visit(self):
+        post = self.client.post(
+            "/visits", name="POST /visits", catch_response=True, timeout=self.timeout
+        )
+        with post as response:
+            expect(response, 201, has_visit_count)
+
+    @task
+    def count_visits(self):
+        with self._get("/visits") as response:
+            expect(response, 200, has_visit_count)
+
+
+def has_visit_count(response) -> bool:
+    try:
+        visits = response.json()["visits"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return isinstance(visits, int) and not isinstance(visits, bool)
+
+
+def expect(response, status: int, body_is_right=lambda response: True) -> None:
+    """Mark the response failed unless it has `status` and the right body. With no HTTP
+    answer at all (status 0), Locust records the connection error or timeout itself."""
+    if response.status_code == 0:
+        return
+    if response.status_code != status:
+        response.failure(f"HTTP {response.status_code}, expected {status}")
+    elif not body_is_right(response):
+        response.failure(f"HTTP {status} with an unexpected body: {response.text[:60]!r}")
+    else:
+        response.success()
