@@ -38,7 +38,7 @@ dist: ## Build the app's wheel, the one artefact deployments install, into dist/
 	@ls dist/*.whl
 
 test: venv ## Run the whole test suite.
-	$(BIN)/pytest tests -ra --timeout=900 $(PYTEST_ARGS)
+	$(BIN)/pytest tests -ra --timeout=900 --durations=25 $(PYTEST_ARGS)
 
 # Every linter runs, even after one has failed or could not run for want of its tool; the
 # run fails at the end and names each target that did not pass.

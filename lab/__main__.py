@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from lab.drills import run_drills
 
-            return 0 if run_drills(lab, args.drills) else 1
+            results = run_drills(lab, args.drills)
+            return 0 if all(result.passed for result in results) else 1
     except LabError as error:
         print(f"lab {args.command}: {error}", file=sys.stderr)
         return 1

@@ -52,7 +52,9 @@ defaults
     mode http
     log global
     option httplog
-    timeout connect 2s
+    # Also a check's connect timeout (the smaller of this and `inter`): the target group's
+    # 5 s timeout, scaled down like the rest of the check.
+    timeout connect {timeout_ms}ms
     timeout client 60s
     timeout server 60s
     # The ALB does not retry a request on another target: neither does the lab.
@@ -78,11 +80,14 @@ backend hello_app
 
 
 class Lab:
-    def __init__(self, prefix: str = "hello-lab", port: int | None = None,
-                 state_dir: Path | None = None):  # fmt: skip
-        self.prefix = prefix
-        self.port = port or int(os.environ.get("LAB_PORT", "8088"))
-        self.state_dir = state_dir or REPO_ROOT / ".lab"
+    """The lab. LAB_PREFIX, LAB_PORT and LAB_STATE_DIR let a second lab (the test suite's)
+    run beside the one `make lab` brought up."""
+
+    def __init__(self):
+        self.prefix = os.environ.get("LAB_PREFIX", "hello-lab")
+        self.port = int(os.environ.get("LAB_PORT", "8088"))
+        self.state_dir = Path(os.environ.get("LAB_STATE_DIR", REPO_ROOT / ".lab")).resolve()
+        prefix = self.prefix
         self.network = prefix
         self.key = self.state_dir / "id_ed25519"
         self.known_hosts = self.state_dir / "known_hosts"
@@ -124,9 +129,9 @@ class Lab:
         self.write_inventory()
         self.start_balancer()
         if missing:
-            self.deploy(release, limit=missing, serial=len(missing))
             for name in missing:
                 self.write_database_url(name, self.database.app_url())
+            self.deploy(release, limit=missing, serial=len(missing))
         wait_until(self.all_up, timeout=60, what="HAProxy to see every VM UP")
         return time.monotonic() - started
 
@@ -195,9 +200,7 @@ class Lab:
         )  # fmt: skip
 
     def start_balancer(self) -> None:
-        if container_running(self.balancer):
-            return
-        image = select_image("HAPROXY_IMAGE", HAPROXY_PUBLIC_IMAGE, "haproxy")
+        """HAProxy, (re)started unless it runs with this very configuration."""
         scale = HEALTH_CHECK_SCALE
         config = HAPROXY_CONFIG.format(
             interval_ms=HEALTH_CHECK["interval_s"] * 1000 // scale,
@@ -206,8 +209,12 @@ class Lab:
             healthy=HEALTH_CHECK["healthy"],
             servers="".join(f"    server {name} {self.vm(name)}:8080\n" for name in VM_NAMES),
         )
+        config_file = self.haproxy_dir / "haproxy.cfg"
+        if container_running(self.balancer) and config_file.read_text() == config:
+            return
         self.haproxy_dir.mkdir(exist_ok=True)
-        (self.haproxy_dir / "haproxy.cfg").write_text(config)
+        config_file.write_text(config)
+        image = select_image("HAPROXY_IMAGE", HAPROXY_PUBLIC_IMAGE, "haproxy")
         # The admin socket is made in this directory by HAProxy's user (the image's), and used
         # by Ansible's hooks on this machine.
         user = docker("run", "--rm", "--entrypoint", "id", image, "-u").stdout.strip()
@@ -217,10 +224,11 @@ class Lab:
         else:
             user_args = ["--user", f"{os.getuid()}:{os.getgid()}"]
         docker("rm", "-f", self.balancer, check=False)
+        self.admin_socket.unlink(missing_ok=True)  # the last HAProxy's
         docker("run", "-d", "--name", self.balancer, "--label", f"hello-lab={self.prefix}",
                "--network", self.network, *user_args,
                "-p", f"127.0.0.1:{self.port}:8080",
-               "-v", f"{self.haproxy_dir / 'haproxy.cfg'}:/usr/local/etc/haproxy/haproxy.cfg:ro",
+               "-v", f"{config_file}:/usr/local/etc/haproxy/haproxy.cfg:ro",
                "-v", f"{self.haproxy_dir}:/var/run/hello-lab", image)  # fmt: skip
         wait_until(self.admin_socket.exists, timeout=30, what="HAProxy's admin socket")
 
@@ -278,9 +286,13 @@ class Lab:
 
     def write_database_url(self, name: str, url: str) -> None:
         """What the boot step does: the URL file, replaced in one rename, readable by the
-        app's group only. The app reads it again on its next database call."""
+        app's group only. The app reads it again on its next database call. On a new VM it
+        comes before site.yml, as on an instance the boot step runs before the app: the
+        group is made here then (the role keeps it), and the release checks /readyz."""
         script = (
-            f"umask 027 && cat > {DATABASE_URL_FILE}.new"
+            "{ getent group hello-app >/dev/null || groupadd --system hello-app; }"
+            f" && install -d -m 0755 {Path(DATABASE_URL_FILE).parent}"
+            f" && umask 027 && cat > {DATABASE_URL_FILE}.new"
             f" && chgrp hello-app {DATABASE_URL_FILE}.new"
             f" && mv {DATABASE_URL_FILE}.new {DATABASE_URL_FILE}"
         )
