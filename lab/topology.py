@@ -133,7 +133,15 @@ class Lab:
                 self.write_database_url(name, self.database.app_url())
             self.deploy(release, limit=missing, serial=len(missing))
         wait_until(self.all_up, timeout=60, what="HAProxy to see every VM UP")
-        return time.monotonic() - started
+        seconds = time.monotonic() - started
+        if missing:  # a bring-up, not a check of a lab that was up: what the budget is about
+            (self.state_dir / "up-seconds").write_text(f"{seconds:.0f}\n")
+        return seconds
+
+    def last_bring_up_seconds(self) -> int | None:
+        """How long the last bring-up of VMs took (`make lab`, or `make drills` on no lab)."""
+        record = self.state_dir / "up-seconds"
+        return int(record.read_text()) if record.exists() else None
 
     def start_vm(self, name: str) -> None:
         """A fresh VM, as the Auto Scaling Group launches one: systemd, sshd and a sudo user
@@ -328,7 +336,7 @@ class Lab:
             "  its state:        .venv/bin/python -m lab status",
             f"  a VM:             docker exec -it {self.vm('vm1')} journalctl -t hello-app -f",
             f"  the primary:      docker exec -it {self.database.primary} psql -U postgres hello",
-            f"  deploy to it:     cd ansible && {ansible}",
+            f"  deploy to it:     . .venv/bin/activate && cd ansible && {ansible}",
             "  fault drills:     make drills;  remove it all: make lab-down",
         ])  # fmt: skip
 
