@@ -6,6 +6,7 @@ prefix, so `down()` removes exactly that. Its state (SSH key, known_hosts, inven
 HAProxy config and admin socket, the database's passwords) lives in .lab/.
 """
 
+import json
 import os
 import shlex
 import shutil
@@ -77,6 +78,26 @@ backend hello_app
     default-server resolvers docker init-addr last,libc,none
 {servers}
 """
+
+
+def restart_window(container: str, since: float) -> tuple[float, float]:
+    """When the app on this VM began to stop, and when it was last ready (time.time()), from
+    the app's own lifecycle events in the VM's journal since `since`."""
+    journal = docker(
+        "exec", container, "journalctl", "--unit", "hello-app*", "--output", "json",
+        "--no-pager", f"--since=@{int(since)}",
+    ).stdout  # fmt: skip
+    times: dict[str, list[float]] = {"stopping": [], "ready": []}
+    for line in journal.splitlines():
+        entry = json.loads(line)
+        message, at = entry.get("MESSAGE"), int(entry["__REALTIME_TIMESTAMP"]) / 1e6
+        if isinstance(message, str) and message.startswith("{") and at >= since:
+            event = json.loads(message).get("event")
+            if event in times:
+                times[event].append(at)
+    if not (times["stopping"] and times["ready"]):
+        raise LabError(f"{container} did not restart:\n{journal[-3000:]}")
+    return min(times["stopping"]), max(times["ready"])
 
 
 class Lab:
