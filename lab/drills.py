@@ -23,7 +23,7 @@ from lab.report import (
     timeline_png,
     write_markdown,
 )
-from lab.topology import HEALTH_CHECK, HEALTH_CHECK_SCALE, VM_NAMES, Lab
+from lab.topology import HEALTH_CHECK, HEALTH_CHECK_SCALE, VM_NAMES, Lab, restart_window
 
 # Seconds of steady load before each fault and after it: the baseline the timeline shows.
 SETTLE = 5
@@ -41,7 +41,7 @@ BROWNOUT_HEALTHZ_P99_MS = 1000
 
 
 class Membership:
-    """Samples HAProxy's view of the VMs every 200 ms while the `with` block runs (15 min at
+    """Samples HAProxy's view of the VMs every 100 ms while the `with` block runs (15 min at
     most): which VMs were ever not UP."""
 
     def __init__(self, lab: Lab):
@@ -56,7 +56,7 @@ class Membership:
                 self.samples.append((time.time(), self.lab.server_states()))
             except (OSError, LabError, IndexError) as error:
                 self.errors.append(repr(error))
-            time.sleep(0.2)
+            time.sleep(0.1)
 
     def __enter__(self):
         self._thread.start()
@@ -117,9 +117,34 @@ def rolling_deploy(run_: Run) -> None:
     release = f"drill-{int(time.time())}"
     run_.fault(lambda: lab.deploy(release, log=run_.out_dir / "site.yml.log"))
     for name in VM_NAMES:
-        current = lab.exec(name, "readlink", "/opt/hello-app/current").stdout.strip()
-        run_.check(current.endswith(release), f"{name} runs {current}, not {release}")
+        current = lab.current_release(name)
+        run_.check(current == release, f"{name} runs {current}, not {release}")
     run_.check(run_.failed() == 0, f"{run_.failed()} requests failed during the rollout")
+    check_each_vm_was_out_while_it_restarted(run_)
+
+
+def check_each_vm_was_out_while_it_restarted(run_: Run) -> None:
+    """From HAProxy's samples and each VM's journal: a VM left before its app began to stop,
+    came back only after its new release was ready, and no two VMs were out at once."""
+    samples = run_.membership.samples
+    out_at = {name: [at for at, states in samples if _out(states.get(name))] for name in VM_NAMES}
+    for name in VM_NAMES:
+        stopping, ready = restart_window(run_.lab.vm(name), run_.fault_start)
+        if not out_at[name]:
+            run_.reasons.append(f"{name} never left HAProxy")
+            continue
+        first, last = min(out_at[name]), max(out_at[name])
+        run_.check(first < stopping, f"{name}'s app began to stop before it left HAProxy")
+        run_.check(last > ready, f"{name} came back before its new release was ready")
+        back = [at for at, states in samples if first < at < last and not _out(states.get(name))]
+        run_.check(not back, f"{name} was back in HAProxy in the middle of its restart")
+    most_out = max(sum(_out(state) for state in states.values()) for _, states in samples)
+    run_.check(most_out <= 1, f"{most_out} VMs were out of HAProxy at once")
+
+
+def _out(state: str | None) -> bool:
+    """Out of rotation by the hooks: drained or in maintenance (a DOWN one is not drained)."""
+    return state is not None and state.startswith(("MAINT", "DRAIN"))
 
 
 def write_bad_release(directory: Path) -> Path:
