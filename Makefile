@@ -11,7 +11,7 @@ LINT_TARGETS := lint-python lint-shell lint-workflows lint-docker lint-yaml lint
   lint-packer lint-infra
 
 .PHONY: help venv dist test lint $(LINT_TARGETS) bench clean images bench-docker molecule \
-  packer-validate diagram
+  packer-validate diagram lab lab-down drills
 
 # $(call require,COMMAND,HOW TO INSTALL IT): stop the target with one line naming the missing
 # tool and its install command, instead of the shell's bare "command not found" (exit 127).
@@ -38,7 +38,7 @@ dist: ## Build the app's wheel, the one artefact deployments install, into dist/
 	@ls dist/*.whl
 
 test: venv ## Run the whole test suite.
-	$(BIN)/pytest tests -ra --timeout=900 $(PYTEST_ARGS)
+	$(BIN)/pytest tests -ra --timeout=900 --durations=25 $(PYTEST_ARGS)
 
 # Every linter runs, even after one has failed or could not run for want of its tool; the
 # run fails at the end and names each target that did not pass.
@@ -108,6 +108,20 @@ lint-infra: venv $(CHECKOV_VENV)/.installed
 diagram: venv ## Render docs/architecture.png from docs/diagram.py (needs Graphviz).
 	@$(call require,dot,apt-get install graphviz)
 	$(BIN)/python docs/diagram.py
+
+# The HA lab (lab/): HAProxy, three VMs provisioned by site.yml, PostgreSQL primary and standby.
+lab: venv ## Bring up the HA lab on this machine; prints where to look.
+	@$(call require,docker,apt-get install docker.io)
+	@$(call require,ssh-keygen,apt-get install openssh-client)
+	$(BIN)/python -m lab up
+
+lab-down: venv ## Remove the HA lab's containers, networks and state (.lab/).
+	$(BIN)/python -m lab down
+
+drills: venv ## Inject each fault into the lab under load; writes docs/drills.md and its timelines.
+	@$(call require,docker,apt-get install docker.io)
+	@$(call require,ssh-keygen,apt-get install openssh-client)
+	$(BIN)/python -m lab drills $(DRILLS)
 
 bench: venv ## Measure start-up time and HTTP throughput; prints figures, asserts nothing.
 	scripts/bench/run.sh

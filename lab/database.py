@@ -30,6 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from lab.docker import LabError
+
 ALIAS = "db"
 DATABASE = "hello"
 PORT = 5432
@@ -76,7 +78,7 @@ exec postgres -c cluster_name="$2"
 """
 
 
-class DatabaseError(RuntimeError):
+class DatabaseError(LabError):
     """A docker or psql command failed or timed out; the message carries its stderr."""
 
 

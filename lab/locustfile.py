@@ -1,9 +1,10 @@
 """The lab's constant load: what a drill's users do while a fault is injected.
 
-Each user runs one task a second (constant_throughput), picked from the app's four routes, and
-checks each answer; lab/load.py sets the number of users to the rate it wants. Every request
-is also written as one CSV row (see REQUEST_FIELDS) to --requests-csv, as it completes, so that
-a drill can count failures per path and per second, and a run killed midway keeps its rows.
+Each user runs one task a second (constant pacing, each user at its own phase), picked from
+the app's four routes, and checks each answer; lab/load.py sets the number of users to the
+rate it wants. Every request is also written as one CSV row (see REQUEST_FIELDS) to
+--requests-csv, as it completes, so that a drill can count failures per path and per second,
+and a run killed midway keeps its rows.
 
 Run by lab/load.py; by hand, from the repository's root:
 
@@ -21,7 +22,7 @@ import time
 from urllib.parse import urlsplit
 
 import gevent
-from locust import HttpUser, constant_throughput, events, task
+from locust import HttpUser, events, task
 
 # The columns of the per-request CSV; lab/load.py reads them back.
 REQUEST_FIELDS = ("at", "method", "path", "status", "latency_ms", "ok", "error")
@@ -110,18 +111,23 @@ def refuse_other_hosts_and_record(environment, **_):
 class AppUser(HttpUser):
     """A client of the app: one request a second, each answer checked."""
 
-    wait_time = constant_throughput(1)
     _started = itertools.count()
 
     def on_start(self):
         self.timeout = self.environment.parsed_options.request_timeout
-        # Locust spawns a second's users together, and constant_throughput keeps them in step:
-        # all would fire in the same instant of each second, a burst that trips the app's
-        # database bulkhead (503 "database busy"). Shift each user's phase by the golden ratio,
-        # evenly spread for any count, then restart the pacing clock that constant_throughput
-        # (constant_pacing) keeps on the user, or it would pull the user back into step.
+        # Locust spawns a second's users together: paced from the same instant, all would fire
+        # in the same instant of each second, a burst that trips the app's database bulkhead
+        # (503 "database busy"). Each user starts at its own phase, spread evenly by the golden
+        # ratio for any count, and keeps it: one request a second on its own clock.
         gevent.sleep(next(self._started) * 0.618034 % 1)
-        self._cp_last_run = time.perf_counter()
+        self._next_request_at = time.monotonic()
+
+    def wait_time(self) -> float:
+        """Constant pacing, one request a second, like Locust's constant_throughput(1), but on
+        the user's own clock: a slow answer delays the next request, never bunches them."""
+        now = time.monotonic()
+        self._next_request_at = max(self._next_request_at + 1, now)
+        return self._next_request_at - now
 
     def _get(self, path):
         return self.client.get(path, name=f"GET {path}", catch_response=True, timeout=self.timeout)

@@ -15,6 +15,8 @@ import uuid
 import pytest
 from support import REPO_ROOT, AppProcess, PostgresCluster, require_command, run, wait_until
 
+from lab.docker import systemd_container_args
+
 FORBID_SKIPS = os.environ.get("FORBID_SKIPS") == "1"
 
 
@@ -138,20 +140,6 @@ def base_images(docker) -> dict[str, str]:
         )
     assert select.returncode == 0, f"no base images to build on:\n{select.stderr}"
     return dict(line.split("=", 1) for line in select.stdout.splitlines())
-
-
-def systemd_container_args() -> list[str]:
-    """`docker run` options that let systemd run as PID 1 in a container.
-
-    cgroup v2 hosts (GitHub's runners) need --privileged and the host's cgroup namespace;
-    cgroup v1 hosts that refuse --privileged (the offline lab) get by with CAP_SYS_ADMIN and
-    a read-only cgroup mount. The same choice is made for Molecule by the environment.
-    """
-    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
-        cgroup = ["--privileged", "--cgroupns=host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw"]
-    else:
-        cgroup = ["--cap-add", "SYS_ADMIN", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro"]
-    return [*cgroup, "--tmpfs", "/run", "--tmpfs", "/run/lock"]
 
 
 def standin_image(name: str) -> str:

@@ -1,5 +1,7 @@
 """site.yml across several hosts: the fleet check that runs before any host is touched, and
-the one-host-at-a-time rollout that stops at the first failure.
+the one-host-at-a-time rollout that stops at the first failure. A bad release on three real
+VMs, rolled back on the first while the other two keep serving, is the lab's `bad-release`
+drill (tests/test_lab_drills.py).
 
 The hosts here are names for 127.0.0.1 on a port where nothing listens: reaching one fails at
 once, and says so in Ansible's output ("UNREACHABLE"), so the output shows which hosts the
@@ -12,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import REPO_ROOT, free_port, http_request, run
+from support import REPO_ROOT, free_port
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -77,45 +79,3 @@ def test_serial_is_a_variable(tmp_path):
     )  # fmt: skip
     assert "fatal: [web1]: UNREACHABLE" in output and "fatal: [web2]: UNREACHABLE" in output
     assert "[web3]: UNREACHABLE" not in output
-
-
-def write_broken_release(directory: Path) -> Path:
-    """A package of the app that exits at once: it never answers its check."""
-    (directory / "app").mkdir(parents=True)
-    (directory / "app" / "__init__.py").write_text("")
-    (directory / "app" / "__main__.py").write_text("raise SystemExit('broken on purpose')\n")
-    for name in ("pyproject.toml", "requirements.txt"):
-        (directory / name).write_text((REPO_ROOT / name).read_text())
-    return directory
-
-
-def test_a_bad_release_stops_at_the_first_of_three_vms_which_is_rolled_back(ssh_vms, tmp_path):
-    vms = [ssh_vms(f"vm{n}") for n in (1, 2, 3)]
-    inventory = tmp_path / "fleet.ini"
-    inventory.write_text("[hello_app]\n" + "".join(vm["inventory_line"] for vm in vms))
-    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", ANSIBLE_NOCOLOR="1")
-
-    def deploy(*extra: str) -> subprocess.CompletedProcess:
-        return run(
-            VENV_BIN / "ansible-playbook", "-i", inventory, "site.yml",
-            "-e", "hello_app_sqlite_per_host=true", *extra,
-            cwd=REPO_ROOT / "ansible", env=env, check=False, timeout=900,
-        )  # fmt: skip
-
-    good = deploy("-e", "hello_app_version=1.0.0")
-    assert good.returncode == 0, good.stdout[-4000:]
-
-    broken = write_broken_release(tmp_path / "broken")
-    bad = deploy("-e", "hello_app_version=2.0.0-bad", "-e", f"hello_app_source_dir={broken}",
-                 "-e", "hello_app_healthcheck_timeout=6")  # fmt: skip
-    assert bad.returncode != 0
-    assert "ROLLED BACK: 1.0.0 is current again" in bad.stdout
-
-    releases = [run(*vm["ssh"], "ls /opt/hello-app/releases").stdout.split() for vm in vms]
-    assert "2.0.0-bad" in releases[0]  # tried, and rolled back
-    assert releases[1:] == [["1.0.0"], ["1.0.0"]], "the rollout went past the failed host"
-    for vm in vms:
-        current = run(*vm["ssh"], "readlink /opt/hello-app/current").stdout.strip()
-        assert current == "/opt/hello-app/releases/1.0.0"
-        page = http_request(vm["http"], "/")
-        assert (page.status, page.text) == (200, "Hello World")

@@ -13,7 +13,6 @@ never be out at once.
 """
 
 import contextlib
-import json
 import os
 import shlex
 import socket
@@ -37,6 +36,8 @@ from support import (
 )
 from test_ansible_fleet import site_yml
 from test_ansible_ssh import MAKE_SECRETS
+
+from lab.topology import restart_window
 
 VENV_BIN = Path(sys.executable).parent
 OLD_RELEASE, NEW_RELEASE = "1.0.0", "2.0.0"
@@ -116,22 +117,8 @@ class Fleet:
         return Path(link).name
 
     def restart_window(self, alias: str, since: float) -> tuple[float, float]:
-        """When the VM's old release began to stop, and when its new one was last ready (wall
-        clock, as time.time()), from the app's lifecycle events in the VM's journal."""
-        journal = run(
-            "docker", "exec", self.vms[alias]["name"], "journalctl", "--unit", "hello-app*",
-            "--output", "json", "--no-pager", f"--since=@{int(since)}",
-        ).stdout  # fmt: skip
-        times: dict[str, list[float]] = {"stopping": [], "ready": []}
-        for line in journal.splitlines():
-            entry = json.loads(line)
-            message, at = entry.get("MESSAGE"), int(entry["__REALTIME_TIMESTAMP"]) / 1e6
-            if isinstance(message, str) and message.startswith("{") and at >= since:
-                event = json.loads(message).get("event")
-                if event in times:
-                    times[event].append(at)
-        assert times["stopping"] and times["ready"], f"{alias} did not restart:\n{journal[-3000:]}"
-        return min(times["stopping"]), max(times["ready"])
+        """When the VM's old release began to stop, and when its new one was last ready."""
+        return restart_window(self.vms[alias]["name"], since)
 
 
 class OutOfRotation:

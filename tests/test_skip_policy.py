@@ -19,7 +19,8 @@ def run_inner_suite(tmp_path, forbid: str) -> subprocess.CompletedProcess:
     for name in ("conftest.py", "support.py"):
         shutil.copy2(REPO_ROOT / "tests" / name, tmp_path / name)
     (tmp_path / "test_inner.py").write_text(SKIPPING_TEST)
-    env = {**os.environ, "FORBID_SKIPS": forbid}
+    # conftest.py imports from the checkout (lab/), as the suite's pythonpath allows.
+    env = {**os.environ, "FORBID_SKIPS": forbid, "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(tmp_path)],
         capture_output=True,
