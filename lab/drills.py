@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from lab.docker import REPO_ROOT, LabError, docker, wait_until
 from lab.load import Load
@@ -23,7 +24,14 @@ from lab.report import (
     timeline_png,
     write_markdown,
 )
-from lab.topology import HEALTH_CHECK, HEALTH_CHECK_SCALE, VM_NAMES, Lab, restart_window
+from lab.topology import (
+    HEALTH_CHECK,
+    HEALTH_CHECK_SCALE,
+    VM_NAMES,
+    WORKERS_PER_VM,
+    Lab,
+    restart_window,
+)
 
 # Seconds of steady load before each fault and after it: the baseline the timeline shows.
 SETTLE = 5
@@ -33,7 +41,7 @@ DETECTION_WINDOW = (
     HEALTH_CHECK["unhealthy"] * (HEALTH_CHECK["interval_s"] + HEALTH_CHECK["timeout_s"])
     + HEALTH_CHECK["interval_s"]
 ) / HEALTH_CHECK_SCALE
-# docs/architecture.md's recovery objectives for the database, as the issue states them.
+# The database drills' recovery objectives (README step 6).
 FAILOVER_VISITS_BACK_S = 15
 BROWNOUT_S = 60
 BROWNOUT_VISITS_BACK_S = 10
@@ -67,8 +75,14 @@ class Membership:
         self._thread.join()
 
     def left(self) -> set[str]:
-        """The VMs seen in any state but UP."""
-        return {name for _, states in self.samples for name, s in states.items() if s != "UP"}
+        """The VMs seen out of rotation: DOWN, drained or in maintenance. "UP 1/3" (one failed
+        check of the three that take a VM out) is still in."""
+        return {
+            name
+            for _, states in self.samples
+            for name, state in states.items()
+            if not state.startswith("UP")
+        }
 
     def first_seen(self, name: str, status: str, since: float) -> float | None:
         return next(
@@ -167,7 +181,7 @@ def write_bad_release(directory: Path) -> Path:
 
 def bad_release(run_: Run) -> None:
     lab = run_.lab
-    before = {n: lab.exec(n, "readlink", "/opt/hello-app/current").stdout.strip() for n in VM_NAMES}
+    before = {name: lab.current_release(name) for name in VM_NAMES}
     source = write_bad_release(run_.out_dir / "bad-release")
     release = f"drill-bad-{int(time.time())}"
     result = None
@@ -186,7 +200,7 @@ def bad_release(run_: Run) -> None:
     for name in VM_NAMES[1:]:
         run_.check(release not in releases[name], f"the rollout went on to {name}")
     for name in VM_NAMES:
-        current = lab.exec(name, "readlink", "/opt/hello-app/current").stdout.strip()
+        current = lab.current_release(name)
         run_.check(current == before[name], f"{name} runs {current}, not {before[name]}")
     run_.check(run_.failed("/") == 0, f"{run_.failed('/')} GET / failed")
     # A host that failed its deploy stays out of the load balancer (site.yml's post_tasks do
@@ -206,19 +220,7 @@ def worker_crash(run_: Run) -> None:
 def vm_loss(run_: Run) -> None:
     lab = run_.lab
     run_.fault(lambda: docker("kill", lab.vm("vm2")))
-    # The error window: until HAProxy stops sending to the dead VM.
     time.sleep(DETECTION_WINDOW + SETTLE)
-    window = run_.load.error_window()
-    if window:
-        _, last = window
-        run_.rto_s = last - run_.fault_start
-        run_.check(
-            run_.rto_s <= DETECTION_WINDOW,
-            f"requests failed {run_.rto_s:.1f} s after the loss, beyond the health check's"
-            f" {DETECTION_WINDOW:.1f} s",
-        )
-    else:
-        run_.rto_s = 0.0
     down_at = run_.membership.first_seen("vm2", "DOWN", run_.fault_start)
     run_.check(down_at is not None, "HAProxy never marked vm2 DOWN")
     # What the Auto Scaling Group does: a new instance, provisioned by site.yml.
@@ -230,6 +232,16 @@ def vm_loss(run_: Run) -> None:
         wait_until(lambda: lab.server_states().get("vm2") == "UP", timeout=30, what="vm2 UP")
     except LabError:
         run_.reasons.append(f"vm2 did not rejoin HAProxy: {lab.server_states()}")
+    time.sleep(SETTLE)
+    # Requests fail only until HAProxy stops sending to the dead VM; none fail after, the
+    # rebuilt VM's return included.
+    window = run_.load.error_window()
+    run_.rto_s = (window[1] - run_.fault_start) if window else 0.0
+    run_.check(
+        run_.rto_s <= DETECTION_WINDOW,
+        f"requests failed {run_.rto_s:.1f} s after the loss, beyond the health check's"
+        f" {DETECTION_WINDOW:.1f} s",
+    )
 
 
 def database_failover(run_: Run) -> None:
@@ -278,11 +290,18 @@ def credentials_rotation(run_: Run) -> None:
     lab = run_.lab
 
     def rotate():
+        since = time.time()
         url = lab.database.rotate_app_credentials()
         for name in VM_NAMES:
             lab.write_database_url(name, url)
-        # Every VM has read the new file by its next database call; give the load a moment.
-        time.sleep(2)
+        # The old login is retired only once every worker uses the new one.
+        user = urlsplit(url).username
+        for name in VM_NAMES:
+            wait_until(
+                lambda name=name: lab.workers_on_url(name, since, user) >= WORKERS_PER_VM,
+                timeout=30,
+                what=f"every worker on {name} to read the new URL",
+            )
         lab.database.retire_previous_credentials()
 
     run_.fault(rotate)
@@ -368,6 +387,10 @@ def run_drill(lab: Lab, drill: Drill, out_dir: Path, timeline: Path) -> DrillRes
         except (LabError, OSError) as error:
             run_.reasons.append(f"the drill itself failed: {error}")
         time.sleep(SETTLE)
+    run_.check(
+        len(membership.samples) > 10 * len(membership.errors),
+        f"HAProxy's state could not be read: {membership.errors[:3]}",
+    )
     if drill.name in KEEP_EVERY_VM:
         left = membership.left()
         run_.check(not left, f"{', '.join(sorted(left))} left the load balancer")
