@@ -30,6 +30,7 @@ from lab.docker import (
 )
 
 VM_NAMES = ("vm1", "vm2", "vm3")
+WORKERS_PER_VM = 2
 # The public images where they can be pulled; the stand-ins of scripts/images/ otherwise.
 # No public image is a Debian VM with sshd, so the VMs are always built from Debian's packages.
 HAPROXY_PUBLIC_IMAGE = "haproxy:3.2"
@@ -80,24 +81,31 @@ backend hello_app
 """
 
 
-def restart_window(container: str, since: float) -> tuple[float, float]:
-    """When the app on this VM began to stop, and when it was last ready (time.time()), from
-    the app's own lifecycle events in the VM's journal since `since`."""
+def app_events(container: str, since: float) -> list[tuple[float, int, dict]]:
+    """The app's JSON log lines in this VM's journal since `since`: (time.time(), the
+    worker's PID, the line)."""
     journal = docker(
         "exec", container, "journalctl", "--unit", "hello-app*", "--output", "json",
         "--no-pager", f"--since=@{int(since)}",
     ).stdout  # fmt: skip
-    times: dict[str, list[float]] = {"stopping": [], "ready": []}
+    events = []
     for line in journal.splitlines():
         entry = json.loads(line)
         message, at = entry.get("MESSAGE"), int(entry["__REALTIME_TIMESTAMP"]) / 1e6
         if isinstance(message, str) and message.startswith("{") and at >= since:
-            event = json.loads(message).get("event")
-            if event in times:
-                times[event].append(at)
-    if not (times["stopping"] and times["ready"]):
-        raise LabError(f"{container} did not restart:\n{journal[-3000:]}")
-    return min(times["stopping"]), max(times["ready"])
+            events.append((at, int(entry["_PID"]), json.loads(message)))
+    return events
+
+
+def restart_window(container: str, since: float) -> tuple[float, float]:
+    """When the app on this VM began to stop, and when it was last ready (time.time()), from
+    the app's own lifecycle events since `since`."""
+    events = app_events(container, since)
+    stopping = [at for at, _, line in events if line.get("event") == "stopping"]
+    ready = [at for at, _, line in events if line.get("event") == "ready"]
+    if not (stopping and ready):
+        raise LabError(f"{container} did not restart: {len(events)} app events since {since}")
+    return min(stopping), max(ready)
 
 
 class Lab:
@@ -221,7 +229,7 @@ class Lab:
             "hello_app_lb_type": "haproxy",
             "hello_app_lb_haproxy_socket": self.admin_socket,
             # Each VM gets 2 workers, whatever the machine's cores: the lab has three VMs.
-            "hello_app_workers": 2,
+            "hello_app_workers": WORKERS_PER_VM,
         }
         self.inventory.write_text(
             "# Written by lab/topology.py (make lab).\n[hello_app]\n" + hosts
@@ -326,6 +334,14 @@ class Lab:
             f" && mv {DATABASE_URL_FILE}.new {DATABASE_URL_FILE}"
         )
         docker("exec", "-i", self.vm(name), "sh", "-c", script, input=url + "\n")
+
+    def workers_on_url(self, name: str, since: float, user: str) -> int:
+        """How many of the VM's workers have read a database URL for `user` since `since`:
+        each reads the URL file again on its next database call after it changes."""
+        return len({
+            pid for _, pid, line in app_events(self.vm(name), since)
+            if line.get("event") == "database_url_read" and f"//{user}:" in line.get("url", "")
+        })  # fmt: skip
 
     def haproxy(self, command: str) -> str:
         """One command on HAProxy's runtime API."""
