@@ -275,14 +275,10 @@ def database_failover(run_: Run) -> None:
     promoted = timings[0].promoted if timings else run_.fault_end
     for path in ("/", "/healthz"):
         run_.check(run_.failed(path) == 0, f"{run_.failed(path)} {path} failed")
-    late = [
-        r
-        for r in run_.load.failures()
-        if r.path == "/visits" and r.at > promoted + FAILOVER_VISITS_BACK_S
-    ]
+    late = run_.load.failures("/visits", since=promoted + FAILOVER_VISITS_BACK_S)
     run_.check(not late, f"/visits still failed {FAILOVER_VISITS_BACK_S} s after promotion")
-    visits_failures = [r for r in run_.load.failures() if r.path == "/visits"]
-    run_.rto_s = max((r.at for r in visits_failures), default=run_.fault_start) - run_.fault_start
+    window = run_.load.error_window("/visits")
+    run_.rto_s = (window[1] if window else run_.fault_start) - run_.fault_start
 
 
 def database_brownout(run_: Run) -> None:
@@ -298,15 +294,10 @@ def database_brownout(run_: Run) -> None:
     p99 = run_.load.p99_ms("/healthz", since=run_.fault_start, until=run_.fault_end)
     run_.check(p99 < BROWNOUT_HEALTHZ_P99_MS, f"/healthz p99 was {p99:.0f} ms during the brownout")
     run_.check(run_.failed("/") == 0, f"{run_.failed('/')} GET / failed")
-    late = [
-        r
-        for r in run_.load.failures()
-        if r.path == "/visits" and r.at > run_.fault_end + BROWNOUT_VISITS_BACK_S
-    ]
+    late = run_.load.failures("/visits", since=run_.fault_end + BROWNOUT_VISITS_BACK_S)
     run_.check(not late, f"/visits still failed {BROWNOUT_VISITS_BACK_S} s after the brownout")
-    visits_failures = [r for r in run_.load.failures() if r.path == "/visits"]
-    last = max((r.at for r in visits_failures), default=run_.fault_end)
-    run_.rto_s = max(0.0, last - run_.fault_end)
+    window = run_.load.error_window("/visits")
+    run_.rto_s = max(0.0, (window[1] if window else run_.fault_end) - run_.fault_end)
 
 
 def credentials_rotation(run_: Run) -> None:

@@ -210,9 +210,7 @@ class Lab:
         return self.known_hosts.read_text().splitlines(keepends=True)
 
     def vm_image(self) -> str:
-        return os.environ.get("HELLO_SYSTEMD_IMAGE") or select_image(
-            "HELLO_SYSTEMD_IMAGE", "", "debian12-systemd"
-        )
+        return select_image("HELLO_SYSTEMD_IMAGE", "", "debian12-systemd")
 
     def write_inventory(self) -> None:
         """The lab's inventory: the VMs over SSH on 127.0.0.1, behind the lab's HAProxy."""
