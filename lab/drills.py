@@ -276,7 +276,8 @@ def database_failover(run_: Run) -> None:
     for path in ("/", "/healthz"):
         run_.check(run_.failed(path) == 0, f"{run_.failed(path)} {path} failed")
     late = run_.load.failures("/visits", since=promoted + FAILOVER_VISITS_BACK_S)
-    run_.check(not late, f"/visits still failed {FAILOVER_VISITS_BACK_S} s after promotion")
+    after = f"still failed {FAILOVER_VISITS_BACK_S} s after promotion"
+    run_.check(not late, describe_failures(late, after))
     window = run_.load.error_window("/visits")
     run_.rto_s = (window[1] if window else run_.fault_start) - run_.fault_start
 
@@ -295,7 +296,8 @@ def database_brownout(run_: Run) -> None:
     run_.check(p99 < BROWNOUT_HEALTHZ_P99_MS, f"/healthz p99 was {p99:.0f} ms during the brownout")
     run_.check(run_.failed("/") == 0, f"{run_.failed('/')} GET / failed")
     late = run_.load.failures("/visits", since=run_.fault_end + BROWNOUT_VISITS_BACK_S)
-    run_.check(not late, f"/visits still failed {BROWNOUT_VISITS_BACK_S} s after the brownout")
+    after = f"still failed {BROWNOUT_VISITS_BACK_S} s after the brownout"
+    run_.check(not late, describe_failures(late, after))
     window = run_.load.error_window("/visits")
     run_.rto_s = max(0.0, (window[1] if window else run_.fault_end) - run_.fault_end)
 

@@ -170,7 +170,9 @@ def expect(response, status: int, body_is_right=lambda response: True) -> None:
     if response.status_code == 0:
         return
     if response.status_code != status:
-        response.failure(f"HTTP {response.status_code}, expected {status}")
+        # The body says why (e.g. 503 "database busy"); a drill's failures are read by it.
+        body = " ".join(response.text.split())[:80]
+        response.failure(f"HTTP {response.status_code}, expected {status}: {body}")
     elif not body_is_right(response):
         response.failure(f"HTTP {status} with an unexpected body: {response.text[:60]!r}")
     else:

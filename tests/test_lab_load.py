@@ -67,6 +67,18 @@ def test_an_outage_is_recorded_as_failures_without_an_answer(app_server, tmp_pat
     assert (tmp_path / "load" / "locust_stats.csv").stat().st_size > 0
 
 
+def test_a_refused_request_is_recorded_with_the_reason_the_app_gave(app_server, tmp_path):
+    # Nothing listens on the database's port: /visits answers 503, and says why.
+    app = app_server(DATABASE_URL=f"postgresql://app:pw@127.0.0.1:{free_port()}/app")
+    with Load(app.port, tmp_path / "load", seconds=3, rate=8) as load:
+        load.wait()
+
+    refused = load.failures("/visits")
+    assert refused, "every /visits should have failed"
+    assert load.failures() == refused, "/ and /healthz do not use the database"
+    assert all(r.status == 503 and "database unreachable" in r.error for r in refused), refused[:3]
+
+
 def test_a_server_that_never_answers_times_out_and_leaves_writes_ambiguous(
     unresponsive_database, tmp_path
 ):
