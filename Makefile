@@ -37,8 +37,14 @@ dist: ## Build the app's wheel, the one artefact deployments install, into dist/
 	$(BIN)/pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir dist .
 	@ls dist/*.whl
 
+# The suite mostly waits on containers, VMs and drills, so test files run side by side on
+# TEST_WORKERS processes (pytest-xdist), slowest first (tests/conftest.py); a file's tests
+# stay together on one worker, as they share its fixtures. TEST_WORKERS=0 runs them in turn.
+TEST_WORKERS ?= 3
+
 test: venv ## Run the whole test suite.
-	$(BIN)/pytest tests -ra --timeout=900 --durations=25 $(PYTEST_ARGS)
+	$(BIN)/pytest tests -ra --timeout=900 --durations=25 \
+	  -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # Every linter runs, even after one has failed or could not run for want of its tool; the
 # run fails at the end and names each target that did not pass.
