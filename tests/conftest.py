@@ -36,7 +36,23 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped, but FORBID_SKIPS=1 makes every test mandatory: {reason}"
 
 
+# make test hands whole files to its workers in collection order, two at a time (Makefile:
+# TEST_WORKERS). These take minutes each (`--durations` in .ci/run), so they go first, in pairs
+# of even length: with 3 workers, the lab alone, then fresh machine + ssh, molecule + load
+# balancer. None is left to start at the end while the other workers sit idle.
+SLOWEST_FILES = (
+    "test_lab_drills.py",  # 9 min: the lab, then every drill
+    "test_fresh_machine.py",  # 6 min
+    "test_ansible_molecule.py",  # 4.5 min
+    "test_ansible_ssh.py",  # 3 min
+    "test_ansible_load_balancer.py",  # 5 min
+    "test_packer_local_bake.py",  # 2 min
+)
+
+
 def pytest_collection_modifyitems(items):
+    rank = {name: position for position, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
     # `-m "not docker"` then selects the tests that need no Docker engine, `-m systemd` those
     # that boot systemd containers as VMs (the markers are declared in pyproject.toml).
     for item in items:
