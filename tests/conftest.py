@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import uuid
 
@@ -46,6 +47,7 @@ SLOWEST_FILES = (
     "test_ansible_molecule.py",  # 4.5 min
     "test_ansible_ssh.py",  # 3 min
     "test_ansible_load_balancer.py",  # 5 min
+    "test_infra_stack.py",  # 5 min: stacks and change sets on moto's server
     "test_packer_local_bake.py",  # 2 min
 )
 
@@ -60,6 +62,18 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.docker)
         if "systemd_image" in item.fixturenames:  # ssh_vms too: it boots from systemd_image
             item.add_marker(pytest.mark.systemd)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def short_ssh_control_path_dir():
+    """Ansible keeps its ssh ControlPath sockets in $HOME/.ansible/cp, and the tests' HOMEs
+    live under pytest's tmp paths, which xdist makes longer (popen-gwN/) than a Unix socket's
+    path may be (108 bytes): ssh then refuses to connect. A short directory of each worker's own."""
+    path = tempfile.mkdtemp(prefix="hello-cp-")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ANSIBLE_SSH_CONTROL_PATH_DIR", path)
+        yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
