@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import uuid
 
@@ -36,7 +37,24 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped, but FORBID_SKIPS=1 makes every test mandatory: {reason}"
 
 
+# make test hands whole files to its workers in collection order, two at a time (Makefile:
+# TEST_WORKERS). These take minutes each (`--durations` in .ci/run), so they go first, in pairs
+# of even length: with 3 workers, the lab alone, then fresh machine + ssh, molecule + load
+# balancer. None is left to start at the end while the other workers sit idle.
+SLOWEST_FILES = (
+    "test_lab_drills.py",  # 9 min: the lab, then every drill
+    "test_fresh_machine.py",  # 6 min
+    "test_ansible_molecule.py",  # 4.5 min
+    "test_ansible_ssh.py",  # 3 min
+    "test_ansible_load_balancer.py",  # 5 min
+    "test_infra_stack.py",  # 5 min: stacks and change sets on moto's server
+    "test_packer_local_bake.py",  # 2 min
+)
+
+
 def pytest_collection_modifyitems(items):
+    rank = {name: position for position, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
     # `-m "not docker"` then selects the tests that need no Docker engine, `-m systemd` those
     # that boot systemd containers as VMs (the markers are declared in pyproject.toml).
     for item in items:
@@ -44,6 +62,18 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.docker)
         if "systemd_image" in item.fixturenames:  # ssh_vms too: it boots from systemd_image
             item.add_marker(pytest.mark.systemd)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def short_ssh_control_path_dir():
+    """Ansible keeps its ssh ControlPath sockets in $HOME/.ansible/cp, and the tests' HOMEs
+    live under pytest's tmp paths, which xdist makes longer (popen-gwN/) than a Unix socket's
+    path may be (108 bytes): ssh then refuses to connect. A short directory of each worker's own."""
+    path = tempfile.mkdtemp(prefix="hello-cp-")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ANSIBLE_SSH_CONTROL_PATH_DIR", path)
+        yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
