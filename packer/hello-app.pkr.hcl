@@ -58,7 +58,7 @@ source "amazon-ebs" "ubuntu" {
   ssh_username  = "ubuntu"
 
   # The temporary security group admits SSH from this machine's public IP only (looked up at
-  # https://checkip.amazonaws.com), not from 0.0.0.0/0, Packer's default.
+  # https://checkip.amazonaws.com), not from any address, which is Packer's default.
   temporary_security_group_source_public_ip = true
 
   source_ami_filter {
