@@ -44,7 +44,7 @@ def main(out: Path = OUT) -> None:
                 with Cluster("RDS PostgreSQL Multi-AZ"):
                     primary = RDS("primary")
                     standby = RDS("standby")
-                endpoints = Endpoint("VPC endpoints\nssm, logs, secrets,\ncloudformation, monitoring")
+                endpoints = Endpoint("VPC endpoints\nssm, logs, secrets,\ncfn, monitoring")
         with Cluster("regional AWS services"):
             secrets = SecretsManager("DB secret\n(RDS-managed)")
             logs = Cloudwatch("logs, metrics,\ndashboard")
