@@ -289,37 +289,34 @@ def test_database_refuses_connections_without_tls(moto_env, http_stack):
     assert values["rds.force_ssl"] == "1"
 
 
-def test_instance_role_reads_only_its_own_database_secret(moto_env, http_stack):
-    _, resources, outputs = http_stack
-    iam = client(moto_env, "iam")
-    document = iam.get_role_policy(
-        RoleName=resources["InstanceRole"], PolicyName="read-own-database-secret"
-    )["PolicyDocument"]
+def inline_policy_statements(env, role, name):
+    document = client(env, "iam").get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
     if isinstance(document, str):  # moto keeps a policy given by CloudFormation as a Python repr
         document = ast.literal_eval(document)
-    (statement,) = document["Statement"]
+    return document["Statement"]
+
+
+def test_instance_role_reads_only_its_own_database_secret(moto_env, http_stack):
+    _, resources, outputs = http_stack
+    role = resources["InstanceRole"]
+    (statement,) = inline_policy_statements(moto_env, role, "read-own-database-secret")
     assert statement["Action"] == "secretsmanager:GetSecretValue"
     assert statement["Resource"] == outputs["DatabaseSecretArn"]
-    inline = iam.list_role_policies(RoleName=resources["InstanceRole"])["PolicyNames"]
+    inline = client(moto_env, "iam").list_role_policies(RoleName=role)["PolicyNames"]
     assert sorted(inline) == [
         "publish-disk-use",
         "read-own-database-secret",
         "ship-app-log",
         "signal-readiness-to-this-stack",
     ]
-
     # moto does not record AWS managed policies attached through ManagedPolicyArns, so the
     # AmazonSSMManagedInstanceCore attachment is checked by cfn-lint/checkov only.
 
 
 def test_instance_role_publishes_metrics_only_in_the_agents_namespace(moto_env, http_stack):
     _, resources, _ = http_stack
-    document = client(moto_env, "iam").get_role_policy(
-        RoleName=resources["InstanceRole"], PolicyName="publish-disk-use"
-    )["PolicyDocument"]
-    if isinstance(document, str):  # moto keeps a policy given by CloudFormation as a Python repr
-        document = ast.literal_eval(document)
-    (statement,) = document["Statement"]
+    role = resources["InstanceRole"]
+    (statement,) = inline_policy_statements(moto_env, role, "publish-disk-use")
     assert statement["Action"] == "cloudwatch:PutMetricData"
     assert statement["Condition"] == {"StringEquals": {"cloudwatch:namespace": "CWAgent"}}
 
