@@ -44,11 +44,11 @@ def main(out: Path = OUT) -> None:
                 with Cluster("RDS PostgreSQL Multi-AZ"):
                     primary = RDS("primary")
                     standby = RDS("standby")
-                endpoints = Endpoint("VPC endpoints\nssm, logs, secrets,\ncloudformation")
+                endpoints = Endpoint("VPC endpoints\nssm, logs, secrets,\ncfn, monitoring")
         with Cluster("regional AWS services"):
             secrets = SecretsManager("DB secret\n(RDS-managed)")
             logs = Cloudwatch("logs, metrics,\ndashboard")
-            alarms = CloudwatchAlarm("7 alarms")
+            alarms = CloudwatchAlarm("8 alarms")
             topic = SNS("SNS → on-call e-mail")
             ssm = SystemsManager("Session Manager")
             cfn = Cloudformation("stack + rolling\nupdate signals")

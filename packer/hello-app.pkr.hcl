@@ -57,6 +57,10 @@ source "amazon-ebs" "ubuntu" {
   ami_name      = local.ami_name
   ssh_username  = "ubuntu"
 
+  # The temporary security group admits SSH from this machine's public IP only (looked up at
+  # https://checkip.amazonaws.com), not from any address, which is Packer's default.
+  temporary_security_group_source_public_ip = true
+
   source_ami_filter {
     filters = {
       name                = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"

@@ -171,6 +171,7 @@ def test_instances_reach_the_aws_apis_they_need_through_endpoints(moto_env, http
         "logs",
         "secretsmanager",
         "cloudformation",
+        "monitoring",
     }
     for endpoint in endpoints:
         assert sorted(endpoint["SubnetIds"]) == sorted(
@@ -288,25 +289,36 @@ def test_database_refuses_connections_without_tls(moto_env, http_stack):
     assert values["rds.force_ssl"] == "1"
 
 
-def test_instance_role_reads_only_its_own_database_secret(moto_env, http_stack):
-    _, resources, outputs = http_stack
-    iam = client(moto_env, "iam")
-    document = iam.get_role_policy(
-        RoleName=resources["InstanceRole"], PolicyName="read-own-database-secret"
-    )["PolicyDocument"]
+def inline_policy_statements(env, role, name):
+    document = client(env, "iam").get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
     if isinstance(document, str):  # moto keeps a policy given by CloudFormation as a Python repr
         document = ast.literal_eval(document)
-    (statement,) = document["Statement"]
+    return document["Statement"]
+
+
+def test_instance_role_reads_only_its_own_database_secret(moto_env, http_stack):
+    _, resources, outputs = http_stack
+    role = resources["InstanceRole"]
+    (statement,) = inline_policy_statements(moto_env, role, "read-own-database-secret")
     assert statement["Action"] == "secretsmanager:GetSecretValue"
     assert statement["Resource"] == outputs["DatabaseSecretArn"]
-    inline = iam.list_role_policies(RoleName=resources["InstanceRole"])["PolicyNames"]
+    inline = client(moto_env, "iam").list_role_policies(RoleName=role)["PolicyNames"]
     assert sorted(inline) == [
+        "publish-disk-use",
         "read-own-database-secret",
         "ship-app-log",
         "signal-readiness-to-this-stack",
     ]
     # moto does not record AWS managed policies attached through ManagedPolicyArns, so the
     # AmazonSSMManagedInstanceCore attachment is checked by cfn-lint/checkov only.
+
+
+def test_instance_role_publishes_metrics_only_in_the_agents_namespace(moto_env, http_stack):
+    _, resources, _ = http_stack
+    role = resources["InstanceRole"]
+    (statement,) = inline_policy_statements(moto_env, role, "publish-disk-use")
+    assert statement["Action"] == "cloudwatch:PutMetricData"
+    assert statement["Condition"] == {"StringEquals": {"cloudwatch:namespace": "CWAgent"}}
 
 
 def test_every_alarm_says_what_to_do_and_notifies_the_topic(moto_env, http_stack):
@@ -678,6 +690,49 @@ def test_boot_writes_the_url_ships_the_log_starts_what_is_stopped_and_signals_su
     assert signals == [
         ("AutoScalingGroup", f"Received SUCCESS signal with UniqueId {MOTO_INSTANCE_ID}")
     ]
+
+
+def agent_disk_series(agent_config):
+    """(namespace, metric name, dimensions) of the root disk's use as the CloudWatch agent
+    publishes it under agent_config: the disk plugin prefixes its measurement with "disk_" and
+    tags each value with path and fstype, plus device unless drop_device, plus host unless
+    omit_hostname, plus the plugin's append_dimensions."""
+    metrics = agent_config["metrics"]
+    disk = metrics["metrics_collected"]["disk"]
+    assert disk["resources"] == ["/"]
+    (measurement,) = disk["measurement"]
+    dimensions = {"path": "/", "fstype": "ext4", **disk.get("append_dimensions", {})}
+    if not disk.get("drop_device"):
+        dimensions["device"] = "per instance"
+    if not agent_config["agent"].get("omit_hostname"):
+        dimensions["host"] = "per instance"
+    return metrics.get("namespace", "CWAgent"), f"disk_{measurement}", dimensions
+
+
+def test_the_disk_alarm_watches_the_series_every_instance_publishes(
+    moto_env, http_stack, instance, ready_app
+):
+    _, resources, outputs = http_stack
+    instance.image_settings["ready_url"] = ready_app
+    instance.write_settings(json.loads((instance.root / "etc/hello-app/aws.json").read_text()))
+    assert instance.run("boot")[0] == 0
+    agent_dir = instance.root / "opt/aws/amazon-cloudwatch-agent"
+    agent_config = json.loads((agent_dir / "etc/amazon-cloudwatch-agent.json").read_text())
+
+    (alarm,) = client(moto_env, "cloudwatch").describe_alarms(
+        AlarmNames=[resources["DiskUsedAlarm"]]
+    )["MetricAlarms"]
+
+    published = agent_disk_series(agent_config)
+    watched = (
+        alarm["Namespace"],
+        alarm["MetricName"],
+        {d["Name"]: d["Value"] for d in alarm["Dimensions"]},
+    )
+    assert watched == published
+    assert watched[2]["Stack"] == "hello-http"
+    assert (alarm["Statistic"], alarm["ComparisonOperator"]) == ("Maximum", "GreaterThanThreshold")
+    assert alarm["AlarmActions"] == [outputs["AlarmTopicArn"]]
 
 
 def test_boot_signals_failure_when_the_app_never_gets_ready(moto_env, instance):

@@ -146,9 +146,22 @@ def write_database_url(path: str, url: str, group: str) -> bool:
 
 
 def start_log_shipping(settings: dict, root: str) -> None:
-    """Point the CloudWatch agent at the app's log file, one stream per instance, and start it."""
+    """Point the CloudWatch agent at the app's log file, one stream per instance, have it
+    publish the root disk's use (the stack's DiskUsedAlarm), and start it."""
     config = {
-        "agent": {"run_as_user": "root"},
+        # No host dimension: every instance of the stack publishes the same series.
+        "agent": {"run_as_user": "root", "omit_hostname": True},
+        "metrics": {
+            "namespace": "CWAgent",
+            "metrics_collected": {
+                "disk": {
+                    "resources": ["/"],
+                    "measurement": ["used_percent"],
+                    "drop_device": True,
+                    "append_dimensions": {"Stack": settings["stack_name"]},
+                }
+            },
+        },
         "logs": {
             "force_flush_interval": 5,
             "logs_collected": {
