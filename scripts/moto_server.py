@@ -20,6 +20,8 @@ The gaps, checked against moto 5.2.5:
 - executing a change set does not recompute the stack's Outputs (a stack created through a
   change set has none), nor registers its Exports or resolves its Fn::ImportValue;
 - AWS::FIS::ExperimentTemplate has no CloudFormation model (FIS's own API is there);
+- GetMetricData has no percentile statistics: a `p99` over datapoints crashes its serializer;
+  here it is the nearest-rank percentile of the datapoints' values;
 - AWS::EC2::SubnetRouteTableAssociation is recorded apart from the route table, so
   DescribeRouteTables shows no association;
 - AWS::ElasticLoadBalancingV2::TargetGroup ignores TargetGroupAttributes and has no
@@ -30,6 +32,8 @@ The gaps, checked against moto 5.2.5:
   SUCCESS signal with UniqueId i-…"), which DescribeStackEvents then shows.
 """
 
+import math
+import re
 import sys
 from typing import Any
 
@@ -39,7 +43,7 @@ from moto.autoscaling.models import autoscaling_backends
 from moto.cloudformation.exceptions import ValidationError
 from moto.cloudformation.models import Event
 from moto.cloudformation.parsing import ResourceMap
-from moto.cloudwatch.models import cloudwatch_backends
+from moto.cloudwatch.models import Statistics, cloudwatch_backends
 from moto.core.common_models import CloudFormationModel
 from moto.core.responses import EmptyResult
 from moto.ec2.models import ec2_backends
@@ -247,6 +251,20 @@ class FisExperimentTemplate(CloudFormationModel):
         cls, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str
     ) -> None:
         fis_backends[account_id][region_name].delete_experiment_template(resource_name)
+
+
+_statistic = Statistics.get_statistics_for_type
+
+
+def _statistic_with_percentiles(self, stat):
+    values = sorted(self.metric_single_values_list)
+    if values and re.fullmatch(r"p\d{1,2}(\.\d+)?", stat):
+        rank = math.ceil(float(stat[1:]) / 100 * len(values))
+        return values[max(rank, 1) - 1]
+    return _statistic(self, stat)
+
+
+Statistics.get_statistics_for_type = _statistic_with_percentiles
 
 
 _create_db_instance = DBInstance.create_from_cloudformation_json.__func__
