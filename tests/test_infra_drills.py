@@ -13,7 +13,7 @@ import subprocess
 import pytest
 from cfnlint.decode import decode
 from support import REPO_ROOT
-from test_infra_stack import AMI, client, deploy_sh, moto_env  # noqa: F401 - moto_env: fixture
+from test_infra_stack import AMI, aws_cli, client, deploy_sh, moto_env  # noqa: F401 - moto_env: fixture
 
 DRILL = REPO_ROOT / "infra" / "drill.sh"
 DRILLS_TEMPLATE = REPO_ROOT / "infra" / "fis-drills.yaml"
@@ -271,3 +271,12 @@ def test_a_drill_without_the_drills_stack_says_to_deploy_it(drills_stack):
     result = drill_sh("az-loss", env={**drills_stack, "DRILLS_STACK": "no-such-stack"})
     assert result.returncode == 1
     assert "no stack no-such-stack: deploy infra/fis-drills.yaml first" in result.stderr
+
+
+def test_the_drills_stack_is_deleted_with_its_templates_before_the_apps_stack(drills_stack):
+    """The README's commands, as it writes them."""
+    aws_cli(drills_stack, "aws cloudformation delete-stack --stack-name hello-app-drills")
+    aws_cli(
+        drills_stack, "aws cloudformation wait stack-delete-complete --stack-name hello-app-drills"
+    )
+    assert client(drills_stack, "fis").list_experiment_templates()["experimentTemplates"] == []
