@@ -101,16 +101,26 @@ run_drill() {
     sleep "$DRILL_POLL"
   done
 
-  local reason start end
-  read -r start end < <(aws fis get-experiment --id "$experiment" --output json | python3 -c '
-import datetime, json, sys
-experiment = json.load(sys.stdin)["experiment"]
-def epoch(value):
+  local found start end reason
+  found="$(aws fis get-experiment --id "$experiment" --output json)"
+  { read -r start end && IFS= read -r reason; } < <(python3 - "$found" <<'PY'
+import datetime
+import json
+import sys
+
+experiment = json.loads(sys.argv[1])["experiment"]
+
+
+def epoch(value):  # the CLI prints times as ISO 8601 or as seconds since the epoch
     if isinstance(value, (int, float)):
         return int(value)
     return int(datetime.datetime.fromisoformat(value).timestamp())
-print(epoch(experiment["startTime"]), epoch(experiment.get("endTime", experiment["startTime"])))')
-  reason="$(aws fis get-experiment --id "$experiment" --query 'experiment.state.reason' --output text)"
+
+
+print(epoch(experiment["startTime"]), epoch(experiment.get("endTime", experiment["startTime"])))
+print(experiment["state"].get("reason", ""))
+PY
+  )
   say "experiment $experiment $status at $(iso "$end") after $((end - start))s: $reason"
   if ((DRILL_SETTLE > 0)); then
     say "waiting ${DRILL_SETTLE}s so that the figures show the recovery"
