@@ -80,10 +80,27 @@ PY
 iso() { python3 -c 'import datetime, sys
 print(datetime.datetime.fromtimestamp(int(sys.argv[1]), datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))' "$1"; }
 
+# A cut zone's primary is cut off, not failed: RDS may keep it there (infra/fis/README.md).
+warn_if_the_primary_is_cut_off() {
+  local app="$1" db subnet db_zone cut_zone
+  db="$(output_value "$app" DBInstanceIdentifier)"
+  subnet="$(output_value "$app" PrivateSubnetAId)"
+  db_zone="$(aws_rds describe-db-instances --db-instance-identifier "$db" \
+    --query 'DBInstances[0].AvailabilityZone' --output text)"
+  cut_zone="$(aws ec2 describe-subnets --subnet-ids "$subnet" \
+    --query 'Subnets[0].AvailabilityZone' --output text)"
+  if [[ "$db_zone" == "$cut_zone" ]]; then
+    say "the database primary is in $cut_zone, the zone az-loss cuts off: /visits fails until RDS fails it over, if it does (run database-failover first to move it)"
+  else
+    say "the database primary is in $db_zone; az-loss cuts off $cut_zone"
+  fi
+}
+
 run_drill() {
   local name="$1" template app experiment status
   template="$(template_id "$name")"
   app="$(output_value "$DRILLS_STACK" AppStackName)"
+  [[ "$name" != az-loss ]] || warn_if_the_primary_is_cut_off "$app"
   experiment="$(aws fis start-experiment --experiment-template-id "$template" \
     --tags "Drill=$name" --query 'experiment.id' --output text)"
   say "started $name as experiment $experiment on stack $app; waiting for it to end (at most ${DRILL_TIMEOUT}s)"

@@ -267,6 +267,25 @@ def test_figures_show_each_minute_and_the_databases_events_in_the_window(drills_
     assert "RDS events: none in this window" in result.stdout
 
 
+def test_az_loss_warns_when_the_database_primary_is_in_the_zone_it_cuts_off(drills_stack):
+    outputs = app_outputs(drills_stack)
+    (subnet,) = client(drills_stack, "ec2").describe_subnets(
+        SubnetIds=[outputs["PrivateSubnetAId"]]
+    )["Subnets"]
+    (database,) = client(drills_stack, "rds").describe_db_instances(
+        DBInstanceIdentifier=outputs["DBInstanceIdentifier"]
+    )["DBInstances"]
+
+    result = drill_sh("az-loss", env=drills_stack)
+
+    assert result.returncode == 0, result.stderr
+    if database["AvailabilityZone"] == subnet["AvailabilityZone"]:
+        expected = f"the database primary is in {subnet['AvailabilityZone']}, the zone az-loss cuts"
+    else:
+        expected = f"the database primary is in {database['AvailabilityZone']}; az-loss cuts off"
+    assert expected in result.stderr
+
+
 def test_a_drill_without_the_drills_stack_says_to_deploy_it(drills_stack):
     result = drill_sh("az-loss", env={**drills_stack, "DRILLS_STACK": "no-such-stack"})
     assert result.returncode == 1
