@@ -18,7 +18,10 @@ The gaps, checked against moto 5.2.5:
   from its Default as changed, and then "modifies" resources whose Condition is false (the
   HTTPS listener without a certificate), which crashes the update;
 - executing a change set does not recompute the stack's Outputs (a stack created through a
-  change set has none);
+  change set has none), nor registers its Exports or resolves its Fn::ImportValue;
+- AWS::FIS::ExperimentTemplate has no CloudFormation model (FIS's own API is there);
+- GetMetricData has no percentile statistics: a `p99` over datapoints crashes its serializer;
+  here it is the nearest-rank percentile of the datapoints' values;
 - AWS::EC2::SubnetRouteTableAssociation is recorded apart from the route table, so
   DescribeRouteTables shows no association;
 - AWS::ElasticLoadBalancingV2::TargetGroup ignores TargetGroupAttributes and has no
@@ -29,6 +32,8 @@ The gaps, checked against moto 5.2.5:
   SUCCESS signal with UniqueId i-…"), which DescribeStackEvents then shows.
 """
 
+import math
+import re
 import sys
 from typing import Any
 
@@ -38,12 +43,13 @@ from moto.autoscaling.models import autoscaling_backends
 from moto.cloudformation.exceptions import ValidationError
 from moto.cloudformation.models import Event
 from moto.cloudformation.parsing import ResourceMap
-from moto.cloudwatch.models import cloudwatch_backends
+from moto.cloudwatch.models import Statistics, cloudwatch_backends
 from moto.core.common_models import CloudFormationModel
 from moto.core.responses import EmptyResult
 from moto.ec2.models import ec2_backends
 from moto.ec2.models.subnets import SubnetRouteTableAssociation
 from moto.elbv2.models import FakeLoadBalancer, FakeTargetGroup, elbv2_backends
+from moto.fis.models import fis_backends
 from moto.rds.models import DBInstance, DBParameterGroup, MasterUserSecret
 
 
@@ -166,6 +172,101 @@ class ScalingPolicy(CloudFormationModel):
         return cls(policy.arn)
 
 
+class FisExperimentTemplate(CloudFormationModel):
+    __module__ = "moto.fis.models"
+
+    def __init__(self, template_id: str):
+        self.id = template_id
+
+    @staticmethod
+    def cloudformation_type() -> str:
+        return "AWS::FIS::ExperimentTemplate"
+
+    @property
+    def physical_resource_id(self) -> str:
+        return self.id
+
+    @classmethod
+    def create_from_cloudformation_json(  # type: ignore[misc]
+        cls,
+        resource_name: str,
+        cloudformation_json: Any,
+        account_id: str,
+        region_name: str,
+        **kwargs: Any,
+    ) -> "FisExperimentTemplate":
+        # CloudFormation's property names are FIS's API names with a capital first letter;
+        # the keys of the maps (target, action, parameter and tag names) are the user's own.
+        props = cloudformation_json["Properties"]
+        targets = {
+            name: {
+                key: value
+                for key, value in {
+                    "resourceType": target.get("ResourceType"),
+                    "resourceArns": target.get("ResourceArns"),
+                    "resourceTags": target.get("ResourceTags"),
+                    "filters": [
+                        {"path": f["Path"], "values": f["Values"]}
+                        for f in target.get("Filters", [])
+                    ]
+                    or None,
+                    "selectionMode": target.get("SelectionMode"),
+                    "parameters": target.get("Parameters"),
+                }.items()
+                if value is not None
+            }
+            for name, target in props.get("Targets", {}).items()
+        }
+        actions = {
+            name: {
+                "actionId": action["ActionId"],
+                "description": action.get("Description", ""),
+                "parameters": action.get("Parameters", {}),
+                "targets": action.get("Targets", {}),
+                "startAfter": action.get("StartAfter", []),
+            }
+            for name, action in props.get("Actions", {}).items()
+        }
+        options = props.get("ExperimentOptions", {})
+        template = fis_backends[account_id][region_name].create_experiment_template(
+            client_token=None,
+            description=props["Description"],
+            stop_conditions=[
+                {"source": c["Source"], **({"value": c["Value"]} if "Value" in c else {})}
+                for c in props["StopConditions"]
+            ],
+            targets=targets,
+            actions=actions,
+            role_arn=props["RoleArn"],
+            tags=props.get("Tags", {}),
+            experiment_options={
+                "accountTargeting": options.get("AccountTargeting", "single-account"),
+                "emptyTargetResolutionMode": options.get("EmptyTargetResolutionMode", "fail"),
+            },
+        )
+        return cls(template["id"])
+
+    @classmethod
+    def delete_from_cloudformation_json(  # type: ignore[misc]
+        cls, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str
+    ) -> None:
+        fis_backends[account_id][region_name].delete_experiment_template(resource_name)
+
+
+_statistic = Statistics.get_statistics_for_type
+
+
+def _statistic_with_percentiles(self, stat):
+    values = sorted(self.metric_single_values_list)
+    if values and re.fullmatch(r"p\d{1,2}(\.\d+)?", stat):
+        rank = math.ceil(float(stat[1:]) / 100 * len(values))
+        return values[max(rank, 1) - 1]
+    return _statistic(self, stat)
+
+
+Statistics.get_statistics_for_type = _statistic_with_percentiles
+
+
 _create_db_instance = DBInstance.create_from_cloudformation_json.__func__
 _db_instance_attribute = DBInstance.get_cfn_attribute
 
@@ -236,11 +337,15 @@ _execute_change_set = moto.cloudformation.models.CloudFormationBackend.execute_c
 
 
 def _execute_change_set_and_refresh_outputs(self, change_set_name, stack_name=None):
+    for stack in self.stacks.values():
+        if stack.name == stack_name or stack.stack_id == stack_name:
+            stack.resource_map.cross_stack_resources = self.exports  # Fn::ImportValue
     _execute_change_set(self, change_set_name, stack_name)
     for stack in self.stacks.values():
         if stack.name == stack_name or stack.stack_id == stack_name:
             stack._parse_template()
             stack.output_map = stack._create_output_map()
+            self.exports.update({export.name: export for export in stack.exports})
 
 
 moto.cloudformation.models.CloudFormationBackend.execute_change_set = (
