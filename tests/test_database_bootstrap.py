@@ -13,6 +13,7 @@ import psycopg2
 import psycopg2.errors
 import pytest
 from support import REPO_ROOT
+from test_postgres_tls import LOCALHOST, CertificateAuthority
 
 from app.config import Config
 from app.db import open_database
@@ -233,3 +234,36 @@ def test_the_bootstrap_without_the_app_user_setting_fails_in_one_clear_line(serv
     assert str(refused.value).splitlines()[0] == (
         "hello.app_user is not set: SET hello.app_user = '<the app's role>' first"
     )
+
+
+def test_boot_bootstraps_as_the_master_only_over_tls_it_verifies(server, configure, tmp_path):
+    """The boot step's own connection: the master's secret, sslmode=verify-full against the
+    CA bundle the image carries, and the host name the stack gives."""
+    authority = CertificateAuthority("hello-test-rds-ca")
+    server.cluster.stop()
+    server.cluster.require_tls(*authority.issue(*LOCALHOST))
+    server.cluster.start()
+    root = tmp_path / "root"
+    (root / "etc/ssl").mkdir(parents=True)
+    (root / "etc/ssl/rds-ca.pem").write_bytes(authority.pem())
+    (root / "etc/ssl/other-ca.pem").write_bytes(CertificateAuthority("not-rds").pem())
+    (root / "share").mkdir()
+    (root / "share/bootstrap.sql").write_text(BOOTSTRAP_SQL)
+    settings = {
+        "db_host": "localhost",
+        "db_port": str(server.cluster.port),
+        "db_name": DATABASE,
+        "db_app_user": APP_USER,
+        "rds_ca_bundle": "/etc/ssl/other-ca.pem",
+        "bootstrap_sql": "/share/bootstrap.sql",
+    }
+    master = {"username": MASTER, "password": MASTER_PASSWORD}
+
+    with pytest.raises(configure.ConfigureError, match="certificate verify failed"):
+        configure.bootstrap_database(settings, str(root), master)
+    assert APP_USER not in {role[0] for role in server.state()["roles"]}
+
+    configure.bootstrap_database(
+        {**settings, "rds_ca_bundle": "/etc/ssl/rds-ca.pem"}, str(root), master
+    )
+    assert APP_USER in {role[0] for role in server.state()["roles"]}

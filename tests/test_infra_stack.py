@@ -637,6 +637,12 @@ def ready_app():
     server.server_close()
 
 
+def database_secret(env, outputs):
+    secrets = client(env, "secretsmanager")
+    found = secrets.get_secret_value(SecretId=outputs["DatabaseSecretArn"])
+    return json.loads(found["SecretString"])
+
+
 def new_signals(env, stack, before=()):
     events = client(env, "cloudformation").describe_stack_events(StackName=stack)["StackEvents"]
     seen = {e["EventId"] for e in before}
@@ -655,7 +661,7 @@ def bootstraps(configure, monkeypatch):
     monkeypatch.setattr(
         configure,
         "bootstrap_database",
-        lambda settings, root: calls.append((settings["db_app_user"], settings["secret_arn"])),
+        lambda settings, root, secret: calls.append((settings["db_app_user"], secret)),
     )
     return calls
 
@@ -739,8 +745,9 @@ def test_boot_bootstraps_the_app_role_writes_its_url_ships_the_log_and_signals_s
     code, stderr = instance.run("boot")
 
     assert code == 0, stderr
-    (app_user, secret_arn), *more = bootstraps
-    assert more == [] and secret_arn == outputs["DatabaseSecretArn"]
+    (app_user, master_secret), *more = bootstraps
+    assert more == []
+    assert master_secret == database_secret(moto_env, outputs)  # read from Secrets Manager
     url = urllib.parse.urlsplit(instance.url_file.read_text())
     assert urllib.parse.unquote(url.username) == app_user
     assert token_query(url)["DBUser"] == app_user

@@ -144,11 +144,11 @@ def run_bootstrap(connection, sql: str, app_user: str) -> None:
         cursor.execute(sql)
 
 
-def bootstrap_database(settings: dict, root: str) -> None:
-    """Create or repair the app's database role, as the master user, over verified TLS."""
+def bootstrap_database(settings: dict, root: str, secret: dict) -> None:
+    """Create or repair the app's database role as the master user of secret, over TLS that
+    verifies the server's certificate and host name."""
     with open(under(root, settings["bootstrap_sql"])) as handle:
         sql = handle.read()
-    secret = read_secret(settings)
     try:
         connection = psycopg2.connect(
             host=settings["db_host"],
@@ -287,7 +287,7 @@ def boot(settings: dict, root: str, metadata_service: str) -> int:
                 f"{settings['rds_ca_bundle']} is missing: the AMI was baked without the RDS"
                 " CA bundle, so no connection to the database could be verified"
             )
-        bootstrap_database(settings, root)
+        bootstrap_database(settings, root, read_secret(settings))
         url = iam_database_url(settings)
         write_database_url(under(root, settings["database_url_file"]), url, settings["group"])
         log(f"wrote {settings['database_url_file']} for {settings['db_app_user']}")
