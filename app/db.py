@@ -269,7 +269,13 @@ class PostgresDatabase(Database):
     @staticmethod
     def _is_password_refused(exc: BaseException) -> bool:
         # SQLSTATE 28P01; psycopg2 gives connection errors no pgcode, only libpq's message.
-        return exc.pgcode == "28P01" or "password authentication failed" in str(exc)
+        # RDS refuses an expired or unsigned IAM auth token through PAM.
+        message = str(exc)
+        return (
+            exc.pgcode == "28P01"
+            or "password authentication failed" in message
+            or "PAM authentication failed" in message
+        )
 
     def _recover(self, exc: BaseException) -> bool:
         if self._is_password_refused(exc) and self.url.path is not None:

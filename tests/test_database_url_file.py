@@ -125,3 +125,25 @@ def test_a_url_file_rewritten_with_a_new_token_every_few_minutes_keeps_memory_bo
         replace_file(url_file, f"postgresql://app:token-{token}@db.example:5432/hello\n")
         urls.get()
     assert list(urls.passwords) == [f"token-{token}" for token in range(46, 50)]
+
+
+def test_an_iam_token_that_rds_refuses_is_reported_as_refused_credentials(
+    app_server, postgres_cluster, tmp_path
+):
+    """RDS checks an IAM auth token through PAM, and says "PAM authentication failed" when
+    it has expired: the app names that as refused credentials, not as an unreachable
+    database. A server that authenticates through PAM refuses the same way."""
+    postgres_cluster.stop()
+    (postgres_cluster.datadir / "pg_hba.conf").write_text(
+        "local all all scram-sha-256\nhost all all 127.0.0.1/32 pam\n"
+    )
+    postgres_cluster.start()
+    url_file = tmp_path / "database-url"
+    replace_file(url_file, postgres_cluster.url + "\n")
+    # pam_unix waits about 2 s before it says no.
+    server = app_server(DATABASE_URL="", DATABASE_URL_FILE=str(url_file), DB_TIMEOUT_SECONDS="10")
+
+    refused = server.post("/visits")
+
+    assert refused.status == 503
+    assert refused.json()["reason"] == "database refused the credentials"
