@@ -20,6 +20,7 @@ import os
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
+from collections import deque
 from contextlib import closing, contextmanager
 from urllib.parse import urlsplit
 
@@ -50,14 +51,17 @@ class DatabaseUrl:
     """
 
     NOT_CONFIGURED = "database not configured"
+    # An IAM auth token is a new password every few minutes, for as long as the process runs;
+    # a failure is logged while its password is at most a rotation or two old.
+    REMEMBERED_PASSWORDS = 4
 
     def __init__(self, config: Config):
         self.path = config.database_url_file
         self._url: str | None = None if self.path else config.database_url
         self._seen: tuple[int, int, int] | None = None  # the file as last read
         self._lock = threading.Lock()
-        # Every password this process has used, so that none leaks into a log line.
-        self.passwords: set[str] = set()
+        # The passwords this process used last, so that none leaks into a log line.
+        self.passwords: deque[str] = deque(maxlen=self.REMEMBERED_PASSWORDS)
         self._remember(self._url)
 
     def get(self, reread: bool = False) -> str:
@@ -93,8 +97,8 @@ class DatabaseUrl:
 
     def _remember(self, url: str | None) -> None:
         password = urlsplit(url).password if url else None
-        if password:
-            self.passwords.add(password)
+        if password and password not in self.passwords:
+            self.passwords.append(password)
 
 
 class Database(ABC):
@@ -265,7 +269,13 @@ class PostgresDatabase(Database):
     @staticmethod
     def _is_password_refused(exc: BaseException) -> bool:
         # SQLSTATE 28P01; psycopg2 gives connection errors no pgcode, only libpq's message.
-        return exc.pgcode == "28P01" or "password authentication failed" in str(exc)
+        # RDS refuses an expired or unsigned IAM auth token through PAM.
+        message = str(exc)
+        return (
+            exc.pgcode == "28P01"
+            or "password authentication failed" in message
+            or "PAM authentication failed" in message
+        )
 
     def _recover(self, exc: BaseException) -> bool:
         if self._is_password_refused(exc) and self.url.path is not None:

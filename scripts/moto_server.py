@@ -10,8 +10,9 @@ The gaps, checked against moto 5.2.5:
   CloudFormation splits at the first one only;
 - AWS::CloudWatch::Alarm and AWS::AutoScaling::ScalingPolicy have no CloudFormation model, so
   moto skips them with a warning and the stack still reaches CREATE_COMPLETE without them;
-- AWS::RDS::DBInstance ignores ManageMasterUserPassword and DeletionProtection, and has no
-  MasterUserSecret.SecretArn attribute;
+- AWS::RDS::DBInstance ignores ManageMasterUserPassword, DeletionProtection and
+  EnableIAMDatabaseAuthentication, and has no MasterUserSecret.SecretArn or DbiResourceId
+  attribute;
 - AWS::RDS::DBParameterGroup has no physical ID, so `!Ref` of it gives the DB instance an
   object instead of the group's name;
 - a change set that keeps parameters (UsePreviousValue) counts every parameter the stack took
@@ -279,6 +280,9 @@ def _create_db_instance_with_managed_password(
     )
     props = cloudformation_json["Properties"]
     database.deletion_protection = bool(props.get("DeletionProtection", False))
+    database.enable_iam_database_authentication = bool(
+        props.get("EnableIAMDatabaseAuthentication", False)
+    )
     if props.get("ManageMasterUserPassword"):
         database.manage_master_user_password = True
         database.master_user_secret = MasterUserSecret(
@@ -290,6 +294,8 @@ def _create_db_instance_with_managed_password(
 def _db_instance_attribute_with_secret(self, attribute_name):
     if attribute_name == "MasterUserSecret.SecretArn":
         return self.master_user_secret.secret_arn
+    if attribute_name == "DbiResourceId":
+        return self.dbi_resource_id
     return _db_instance_attribute(self, attribute_name)
 
 
@@ -404,7 +410,9 @@ SubnetRouteTableAssociation.create_from_cloudformation_json = classmethod(
 DBInstance.create_from_cloudformation_json = classmethod(_create_db_instance_with_managed_password)
 DBInstance.get_cfn_attribute = _db_instance_attribute_with_secret
 DBInstance.has_cfn_attr = classmethod(
-    lambda cls, attr: attr in ("Endpoint.Address", "Endpoint.Port", "MasterUserSecret.SecretArn")
+    lambda cls, attr: (
+        attr in ("Endpoint.Address", "Endpoint.Port", "MasterUserSecret.SecretArn", "DbiResourceId")
+    )
 )
 FakeTargetGroup.get_cfn_attribute = _target_group_attribute
 DBParameterGroup.physical_resource_id = property(lambda self: self.name)

@@ -9,6 +9,7 @@ import pytest
 from support import LoadLoop, PostgresCluster
 
 from app.config import ConfigError, load_config
+from app.db import DatabaseUrl
 
 OLD_PASSWORD = PostgresCluster.PASSWORD
 NEW_PASSWORD = "rotated-password-002"  # noqa: S105 - same length as the old, see below
@@ -113,3 +114,36 @@ def test_the_app_serves_before_the_file_exists_and_connects_once_it_does(
 def test_a_bad_database_url_file_setting_is_refused(env, message):
     with pytest.raises(ConfigError, match=message):
         load_config(env)
+
+
+def test_a_url_file_rewritten_with_a_new_token_every_few_minutes_keeps_memory_bounded(tmp_path):
+    """The boot step writes a new IAM token every 5 minutes: the passwords kept for scrubbing
+    log lines are the last few, not one per rewrite for as long as the process runs."""
+    url_file = tmp_path / "database-url"
+    urls = DatabaseUrl(load_config({"DATABASE_URL_FILE": str(url_file)}))
+    for token in range(50):
+        replace_file(url_file, f"postgresql://app:token-{token}@db.example:5432/hello\n")
+        urls.get()
+    assert list(urls.passwords) == [f"token-{token}" for token in range(46, 50)]
+
+
+def test_an_iam_token_that_rds_refuses_is_reported_as_refused_credentials(
+    app_server, postgres_cluster, tmp_path
+):
+    """RDS checks an IAM auth token through PAM, and says "PAM authentication failed" when
+    it has expired: the app names that as refused credentials, not as an unreachable
+    database. A server that authenticates through PAM refuses the same way."""
+    postgres_cluster.stop()
+    (postgres_cluster.datadir / "pg_hba.conf").write_text(
+        "local all all scram-sha-256\nhost all all 127.0.0.1/32 pam\n"
+    )
+    postgres_cluster.start()
+    url_file = tmp_path / "database-url"
+    replace_file(url_file, postgres_cluster.url + "\n")
+    # pam_unix waits about 2 s before it says no.
+    server = app_server(DATABASE_URL="", DATABASE_URL_FILE=str(url_file), DB_TIMEOUT_SECONDS="10")
+
+    refused = server.post("/visits")
+
+    assert refused.status == 503
+    assert refused.json()["reason"] == "database refused the credentials"

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import stat
 import subprocess
 import sys
@@ -20,14 +21,19 @@ import threading
 import urllib.parse
 
 import boto3
+import psycopg2.extensions
 import pytest
 import yaml
+from cfnlint.decode import cfn_yaml
 from support import AMI_APP_LOG_FILE, REPO_ROOT, free_port, require_command, wait_until
+
+from app.config import check_database_url
 
 REGION = "us-east-1"
 AMI = "ami-0123456789abcdef0"
 NEW_AMI = "ami-0fedcba9876543210"
 DEPLOY = REPO_ROOT / "infra" / "deploy.sh"
+TEMPLATE = REPO_ROOT / "infra" / "hello-app.yaml"
 
 pytestmark = pytest.mark.aws
 
@@ -269,6 +275,7 @@ def test_database_is_multi_az_encrypted_private_and_protected(moto_env, http_sta
     assert db["DeletionProtection"] is True
     assert db["BackupRetentionPeriod"] >= 1
     assert db["MasterUserSecret"]["SecretArn"] == outputs["DatabaseSecretArn"]
+    assert db["IAMDatabaseAuthenticationEnabled"] is True  # for the app's own role
     assert sorted(s["SubnetIdentifier"] for s in db["DBSubnetGroup"]["Subnets"]) == sorted(
         [resources["PrivateSubnetA"], resources["PrivateSubnetB"]]
     )
@@ -304,13 +311,53 @@ def test_instance_role_reads_only_its_own_database_secret(moto_env, http_stack):
     assert statement["Resource"] == outputs["DatabaseSecretArn"]
     inline = client(moto_env, "iam").list_role_policies(RoleName=role)["PolicyNames"]
     assert sorted(inline) == [
+        "connect-as-the-app-database-role",
         "publish-disk-use",
         "read-own-database-secret",
+        "session-manager",
         "ship-app-log",
         "signal-readiness-to-this-stack",
     ]
-    # moto does not record AWS managed policies attached through ManagedPolicyArns, so the
-    # AmazonSSMManagedInstanceCore attachment is checked by cfn-lint/checkov only.
+
+
+def test_instance_role_may_sign_database_tokens_for_the_app_role_only(moto_env, http_stack):
+    _, resources, _ = http_stack
+    (db,) = client(moto_env, "rds").describe_db_instances(DBInstanceIdentifier=resources["DB"])[
+        "DBInstances"
+    ]
+    _, _, settings = user_data(moto_env, resources["LaunchTemplate"])
+    assert settings["db_app_user"] != db["MasterUsername"]
+    (statement,) = inline_policy_statements(
+        moto_env, resources["InstanceRole"], "connect-as-the-app-database-role"
+    )
+    account = client(moto_env, "sts").get_caller_identity()["Account"]
+    assert statement["Action"] == "rds-db:connect"
+    assert statement["Resource"] == (
+        f"arn:aws:rds-db:{REGION}:{account}:dbuser:{db['DbiResourceId']}/{settings['db_app_user']}"
+    )
+
+
+def test_instance_role_has_only_what_session_manager_needs(moto_env, http_stack):
+    _, resources, _ = http_stack
+    role = resources["InstanceRole"]
+    statements = inline_policy_statements(moto_env, role, "session-manager")
+    account = client(moto_env, "sts").get_caller_identity()["Account"]
+    assert [(s["Action"], s["Resource"]) for s in statements] == [
+        ("ssm:UpdateInstanceInformation", f"arn:aws:ec2:{REGION}:{account}:instance/*"),
+        (
+            [
+                "ssmmessages:CreateControlChannel",
+                "ssmmessages:CreateDataChannel",
+                "ssmmessages:OpenControlChannel",
+                "ssmmessages:OpenDataChannel",
+            ],
+            "*",
+        ),
+    ]
+    # No AmazonSSMManagedInstanceCore, whose ssm:GetParameter* reads every parameter. moto
+    # records no AWS managed policy that CloudFormation attaches, so the template is read.
+    template = cfn_yaml.load(str(TEMPLATE))
+    assert "ManagedPolicyArns" not in template["Resources"]["InstanceRole"]["Properties"]
 
 
 def test_instance_role_publishes_metrics_only_in_the_agents_namespace(moto_env, http_stack):
@@ -452,6 +499,7 @@ def test_a_manifest_without_builds_is_refused_in_one_line(moto_env, tmp_path):
 CONFIGURE = REPO_ROOT / "ansible/roles/hello_app_aws/files/hello_app_configure.py"
 AWS_ROLE_VARS = REPO_ROOT / "ansible/roles/hello_app_aws/vars/main.yml"
 RDS_CA_BUNDLE = "/etc/ssl/certs/rds-global-bundle.pem"
+BOOTSTRAP_SQL = yaml.safe_load(AWS_ROLE_VARS.read_text())["hello_app_aws_bootstrap_sql"]
 MOTO_INSTANCE_ID = "i-fake"  # what moto's instance metadata service answers
 
 
@@ -509,6 +557,7 @@ class Instance:
             "group": self.group,
             "database_url_file": "/etc/hello-app/database-url",
             "rds_ca_bundle": RDS_CA_BUNDLE,
+            "bootstrap_sql": BOOTSTRAP_SQL,
             "log_file": AMI_APP_LOG_FILE,
             "ready_url": ready_url,
             "ready_timeout_seconds": 5,
@@ -518,6 +567,8 @@ class Instance:
         self.write_settings(stack_settings)
         (root / RDS_CA_BUNDLE.lstrip("/")).parent.mkdir(parents=True)
         (root / RDS_CA_BUNDLE.lstrip("/")).write_text("-----BEGIN CERTIFICATE-----\n")
+        (root / BOOTSTRAP_SQL.lstrip("/")).parent.mkdir(parents=True)
+        shutil.copy(CONFIGURE.with_name("bootstrap.sql"), root / BOOTSTRAP_SQL.lstrip("/"))
         agent = root / "opt/aws/amazon-cloudwatch-agent"
         (agent / "etc").mkdir(parents=True)
         self.bin = root / "usr/bin"
@@ -612,23 +663,57 @@ def new_signals(env, stack, before=()):
     ], events
 
 
-def test_refresh_writes_a_tls_verified_url_from_the_secret_and_restarts_nothing(
-    moto_env, http_stack, instance
+@pytest.fixture
+def bootstraps(configure, monkeypatch):
+    """The bootstrap of the app's database role, recorded instead of run: moto's database
+    is a name without a server. tests/test_database_bootstrap.py runs it for real."""
+    calls = []
+    monkeypatch.setattr(
+        configure,
+        "bootstrap_database",
+        lambda settings, root, secret: calls.append((settings["db_app_user"], secret)),
+    )
+    return calls
+
+
+def token_query(url: urllib.parse.SplitResult) -> dict:
+    """The presigned query string an IAM auth token is: host:port/?Action=connect&…"""
+    token = urllib.parse.unquote(url.password)
+    signed_host, query = token.split("/?", 1)
+    return {"signed_host": signed_host, **dict(urllib.parse.parse_qsl(query))}
+
+
+def test_refresh_writes_a_tls_verified_url_with_an_iam_token_and_restarts_nothing(
+    moto_env, http_stack, instance, configure
 ):
     _, _, outputs = http_stack
+    app_user = json.loads((instance.root / "etc/hello-app/aws.json").read_text())["db_app_user"]
+
     code, stderr = instance.run("refresh")
+
     assert code == 0, stderr
-    secret = database_secret(moto_env, outputs)
-    url = urllib.parse.urlsplit(instance.url_file.read_text().removesuffix("\n"))
+    written = instance.url_file.read_text().removesuffix("\n")
+    url = urllib.parse.urlsplit(written)
     assert url.scheme == "postgresql"
     assert url.hostname == outputs["DatabaseEndpoint"]
     assert url.port == 5432 and url.path == "/hello"
-    assert urllib.parse.unquote(url.username) == secret["username"]
-    assert urllib.parse.unquote(url.password) == secret["password"]
+    assert urllib.parse.unquote(url.username) == app_user
     assert urllib.parse.parse_qs(url.query) == {
         "sslmode": ["verify-full"],
         "sslrootcert": [RDS_CA_BUNDLE],
     }
+    signed = token_query(url)
+    assert signed["signed_host"] == f"{outputs['DatabaseEndpoint']}:5432"
+    assert signed["Action"] == "connect"
+    assert signed["DBUser"] == app_user
+    assert signed["X-Amz-Algorithm"] == "AWS4-HMAC-SHA256"
+    assert signed["X-Amz-Expires"] == "900"  # what RDS accepts: 15 minutes
+    key, _, region, service, _ = signed["X-Amz-Credential"].split("/")
+    assert (key, region, service) == ("testing", REGION, "rds-db")
+    assert re.fullmatch(r"[0-9a-f]{64}", signed["X-Amz-Signature"])
+    # The app accepts the URL, and libpq hands RDS the token exactly as boto3 signed it.
+    assert check_database_url(written, allow_sqlite=False) == written
+    assert psycopg2.extensions.parse_dsn(written)["password"] == urllib.parse.unquote(url.password)
     mode = instance.url_file.stat()
     assert (stat.S_IMODE(mode.st_mode), mode.st_gid) == (0o640, os.getgid())
     assert sorted(p.name for p in instance.url_file.parent.iterdir()) == [
@@ -636,35 +721,31 @@ def test_refresh_writes_a_tls_verified_url_from_the_secret_and_restarts_nothing(
         "configure.json",
         "database-url",
     ]  # no temporary file left behind
-    assert secret["password"] not in stderr
+    assert urllib.parse.unquote(url.password) not in stderr
     assert instance.systemctl == []
 
 
-def test_refresh_replaces_the_url_file_only_when_the_secret_changed(moto_env, http_stack, instance):
+def test_refresh_replaces_the_url_file_with_a_new_token_and_never_reads_the_secret(
+    moto_env, http_stack, instance
+):
     _, _, outputs = http_stack
     assert instance.run("refresh")[0] == 0
     first = instance.url_file.stat()
-    assert instance.run("refresh") == (0, "")
-    unchanged = instance.url_file.stat()
-    assert (unchanged.st_ino, unchanged.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
-
-    secret = database_secret(moto_env, outputs)
-    rotated = {**secret, "password": "n3w/p@ss:w%rd"}
-    client(moto_env, "secretsmanager").put_secret_value(
-        SecretId=outputs["DatabaseSecretArn"], SecretString=json.dumps(rotated)
+    # The master secret is the bootstrap's alone: refresh works without it.
+    client(moto_env, "secretsmanager").delete_secret(
+        SecretId=outputs["DatabaseSecretArn"], ForceDeleteWithoutRecovery=False
     )
-    code, stderr = instance.run("refresh")
-    assert code == 0
-    assert "database secret changed" in stderr
+    try:
+        assert instance.run("refresh") == (0, "")
+    finally:
+        client(moto_env, "secretsmanager").restore_secret(SecretId=outputs["DatabaseSecretArn"])
     replaced = instance.url_file.stat()
     assert replaced.st_ino != first.st_ino  # a new file renamed over the old one
-    url = urllib.parse.urlsplit(instance.url_file.read_text())
-    assert urllib.parse.unquote(url.password) == rotated["password"]
     assert instance.systemctl == []  # the app re-reads the file: no restart
 
 
-def test_boot_writes_the_url_ships_the_log_starts_what_is_stopped_and_signals_success(
-    moto_env, http_stack, instance, ready_app
+def test_boot_bootstraps_the_app_role_writes_its_url_ships_the_log_and_signals_success(
+    moto_env, http_stack, instance, ready_app, bootstraps
 ):
     _, _, outputs = http_stack
     instance.image_settings["ready_url"] = ready_app
@@ -674,7 +755,12 @@ def test_boot_writes_the_url_ships_the_log_starts_what_is_stopped_and_signals_su
     code, stderr = instance.run("boot")
 
     assert code == 0, stderr
-    assert instance.url_file.read_text().startswith("postgresql://")
+    (app_user, master_secret), *more = bootstraps
+    assert more == []
+    assert master_secret == database_secret(moto_env, outputs)  # read from Secrets Manager
+    url = urllib.parse.urlsplit(instance.url_file.read_text())
+    assert urllib.parse.unquote(url.username) == app_user
+    assert token_query(url)["DBUser"] == app_user
     agent_dir = instance.root / "opt/aws/amazon-cloudwatch-agent"
     agent_config = json.loads((agent_dir / "etc/amazon-cloudwatch-agent.json").read_text())
     (shipped,) = agent_config["logs"]["logs_collected"]["files"]["collect_list"]
@@ -710,7 +796,7 @@ def agent_disk_series(agent_config):
 
 
 def test_the_disk_alarm_watches_the_series_every_instance_publishes(
-    moto_env, http_stack, instance, ready_app
+    moto_env, http_stack, instance, ready_app, bootstraps
 ):
     _, resources, outputs = http_stack
     instance.image_settings["ready_url"] = ready_app
@@ -735,7 +821,22 @@ def test_the_disk_alarm_watches_the_series_every_instance_publishes(
     assert alarm["AlarmActions"] == [outputs["AlarmTopicArn"]]
 
 
-def test_boot_signals_failure_when_the_app_never_gets_ready(moto_env, instance):
+def test_boot_that_cannot_bootstrap_the_database_writes_nothing_and_signals_failure(
+    moto_env, instance
+):
+    _, before = new_signals(moto_env, "hello-http")
+
+    code, stderr = instance.run("boot")  # moto's database endpoint is a name without a server
+
+    assert code == 1
+    assert "hello-app-configure: the database bootstrap as the master failed: could not" in stderr
+    assert not instance.url_file.exists()
+    assert instance.systemctl == []
+    signals, _ = new_signals(moto_env, "hello-http", before)
+    assert [reason.split(" signal")[0] for _, reason in signals] == ["Received FAILURE"]
+
+
+def test_boot_signals_failure_when_the_app_never_gets_ready(moto_env, instance, bootstraps):
     instance.image_settings["ready_timeout_seconds"] = 1  # nothing listens on its ready_url
     instance.write_settings(json.loads((instance.root / "etc/hello-app/aws.json").read_text()))
     _, before = new_signals(moto_env, "hello-http")

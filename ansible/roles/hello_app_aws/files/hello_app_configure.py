@@ -7,12 +7,18 @@ an instance runs it twice over:
     hello-app-configure boot       once, from the launch template's UserData
     hello-app-configure refresh    every few minutes, from hello-app-db-url.timer
 
-boot:    write the database URL file from the RDS-managed secret, point the CloudWatch agent
-         at the app's log file and start it, make sure hello-app runs (it is never
-         restarted), start the refresh timer, wait for /readyz, then signal CloudFormation:
-         SUCCESS, or FAILURE if anything failed on the way.
-refresh: write the database URL file again when the secret changed, because RDS rotates the
-         password. The app sees the new file by itself: nothing is restarted.
+boot:    with the RDS-managed master secret, create or repair the app's own database role
+         (bootstrap.sql, which the role installs next to this script); write the database
+         URL file with that role and an IAM auth token; point the CloudWatch agent at the
+         app's log file and start it; make sure hello-app runs (it is never restarted);
+         start the refresh timer; wait for /readyz; then signal CloudFormation: SUCCESS, or
+         FAILURE if anything failed on the way.
+refresh: write the database URL file again with a new token, before the last one expires
+         (15 minutes). The app sees the new file by itself: nothing is restarted.
+
+The master secret is read only by `boot`, for the bootstrap, and is never written down. The
+token is signed here, with the instance role's credentials from the instance metadata
+service, which the app's own unit cannot reach.
 
 It reads two JSON files, described in the role's README ("The settings files"): the image's
 (IMAGE_SETTINGS), written at bake time, and the stack's (STACK_SETTINGS), written by the
@@ -30,8 +36,10 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+from contextlib import closing
 
 import boto3
+import psycopg2
 
 IMAGE_SETTINGS = "/etc/hello-app/configure.json"
 STACK_SETTINGS = "/etc/hello-app/aws.json"
@@ -41,6 +49,7 @@ IMAGE_KEYS = frozenset(
         "group",
         "database_url_file",
         "rds_ca_bundle",
+        "bootstrap_sql",
         "log_file",
         "ready_url",
         "ready_timeout_seconds",
@@ -56,6 +65,7 @@ STACK_KEYS = frozenset(
         "db_host",
         "db_port",
         "db_name",
+        "db_app_user",
         "log_group",
         "settle_seconds",
     }
@@ -103,16 +113,59 @@ def read_secret(settings: dict) -> dict:
     return json.loads(response["SecretString"])
 
 
-def database_url(settings: dict, secret: dict) -> str:
-    """The URL of the database, with the secret's user and password, that only connects over
-    TLS to a server whose certificate the RDS CA bundle signed for this host name."""
-    user = urllib.parse.quote(secret["username"], safe="")
-    password = urllib.parse.quote(secret["password"], safe="")
+def database_url(settings: dict, user: str, password: str) -> str:
+    """The URL of the database, with this user and password, that only connects over TLS to
+    a server whose certificate the RDS CA bundle signed for this host name."""
+    user, password = urllib.parse.quote(user, safe=""), urllib.parse.quote(password, safe="")
     tls = urllib.parse.urlencode(
         {"sslmode": "verify-full", "sslrootcert": settings["rds_ca_bundle"]}, safe="/"
     )
     host, port, name = settings["db_host"], settings["db_port"], settings["db_name"]
     return f"postgresql://{user}:{password}@{host}:{port}/{name}?{tls}"
+
+
+def iam_database_url(settings: dict) -> str:
+    """The database URL of the app's role, whose password is an IAM auth token: a presigned
+    query string, signed here with no network call, that RDS accepts for 15 minutes."""
+    client = boto3.client("rds", region_name=settings["region"])
+    token = client.generate_db_auth_token(
+        DBHostname=settings["db_host"],
+        Port=int(settings["db_port"]),
+        DBUsername=settings["db_app_user"],
+        Region=settings["region"],
+    )
+    return database_url(settings, settings["db_app_user"], token)
+
+
+def run_bootstrap(connection, sql: str, app_user: str) -> None:
+    """Run bootstrap.sql for app_user in one transaction on connection (the master's)."""
+    with connection, connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('hello.app_user', %s, true)", (app_user,))
+        cursor.execute(sql)
+
+
+def bootstrap_database(settings: dict, root: str, secret: dict) -> None:
+    """Create or repair the app's database role as the master user of secret, over TLS that
+    verifies the server's certificate and host name."""
+    with open(under(root, settings["bootstrap_sql"])) as handle:
+        sql = handle.read()
+    try:
+        connection = psycopg2.connect(
+            host=settings["db_host"],
+            port=settings["db_port"],
+            dbname=settings["db_name"],
+            user=secret["username"],
+            password=secret["password"],
+            sslmode="verify-full",
+            sslrootcert=under(root, settings["rds_ca_bundle"]),
+            connect_timeout=10,
+            application_name="hello-app-configure",
+        )
+        with closing(connection):
+            run_bootstrap(connection, sql, settings["db_app_user"])
+    except psycopg2.Error as error:
+        reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+        raise ConfigureError(f"the database bootstrap as the master failed: {reason}") from None
 
 
 def write_private_file(path: str, text: str, group: str) -> None:
@@ -133,16 +186,9 @@ def write_private_file(path: str, text: str, group: str) -> None:
         raise
 
 
-def write_database_url(path: str, url: str, group: str) -> bool:
-    """Write url to the file at path, unless it holds that URL already. True if it did."""
-    try:
-        with open(path) as handle:
-            if handle.read() == url + "\n":
-                return False
-    except FileNotFoundError:
-        pass
+def write_database_url(path: str, url: str, group: str) -> None:
+    """Write url to the database URL file at path, which the app reads again when it changes."""
     write_private_file(path, url + "\n", group)
-    return True
 
 
 def start_log_shipping(settings: dict, root: str) -> None:
@@ -240,9 +286,9 @@ def signal(settings: dict, success: bool, metadata_service: str) -> None:
 
 
 def refresh(settings: dict, root: str) -> int:
-    url = database_url(settings, read_secret(settings))
-    if write_database_url(under(root, settings["database_url_file"]), url, settings["group"]):
-        log(f"wrote {settings['database_url_file']}: the database secret changed")
+    # A new token each time: the file is replaced, and the app reads it again.
+    url = iam_database_url(settings)
+    write_database_url(under(root, settings["database_url_file"]), url, settings["group"])
     return 0
 
 
@@ -254,8 +300,10 @@ def boot(settings: dict, root: str, metadata_service: str) -> int:
                 f"{settings['rds_ca_bundle']} is missing: the AMI was baked without the RDS"
                 " CA bundle, so no connection to the database could be verified"
             )
-        url = database_url(settings, read_secret(settings))
+        bootstrap_database(settings, root, read_secret(settings))
+        url = iam_database_url(settings)
         write_database_url(under(root, settings["database_url_file"]), url, settings["group"])
+        log(f"wrote {settings['database_url_file']} for {settings['db_app_user']}")
         start_log_shipping(settings, root)
         # Enabled in the AMI, hello-app's workers run already; start them if they do not.
         systemctl("enable", "--now", settings["service"])
