@@ -77,6 +77,10 @@ def all_statements():
                     yield f"{path.name}:{name}:{statement.get('Sid', '')}", statement
 
 
+def actions_of(statements, effect):
+    return {a for s in statements if s["Effect"] == effect for a in as_list(s["Action"])}
+
+
 def allowing(statements, action):
     return [s for s in statements if s["Effect"] == "Allow" and action in as_list(s["Action"])]
 
@@ -105,12 +109,7 @@ def test_both_deploy_roles_are_denied_dropping_the_data(setup):
 
 
 def test_the_deploy_role_may_not_modify_the_database_itself(setup):
-    denied = {
-        action
-        for statement in statements_of_role(setup, "DeployRole")
-        if statement["Effect"] == "Deny"
-        for action in as_list(statement["Action"])
-    }
+    denied = actions_of(statements_of_role(setup, "DeployRole"), "Deny")
     assert {"rds:ModifyDBInstance", "rds:ModifyDBCluster"} <= denied
 
 
@@ -137,12 +136,7 @@ def test_the_deploy_role_passes_only_the_service_role_and_only_to_cloudformation
 
 
 def test_the_deploy_role_has_no_iam_power_but_passing_the_service_role(setup):
-    actions = {
-        action
-        for statement in statements_of_role(setup, "DeployRole")
-        if statement["Effect"] == "Allow"
-        for action in as_list(statement["Action"])
-    }
+    actions = actions_of(statements_of_role(setup, "DeployRole"), "Allow")
     assert {a for a in actions if a.startswith("iam:")} == {"iam:PassRole"}
     assert not {a for a in actions if a.startswith(("rds:", "cloudformation:Update"))}
 
@@ -156,13 +150,7 @@ def test_roles_get_policies_only_with_the_boundary_on(setup):
             assert statement["Condition"] == {
                 "StringEquals": {"iam:PermissionsBoundary": {"Ref": "InstanceBoundary"}}
             }, action
-    denied = {
-        action
-        for statement in statements
-        if statement["Effect"] == "Deny"
-        for action in as_list(statement["Action"])
-    }
-    assert "iam:DeleteRolePermissionsBoundary" in denied
+    assert "iam:DeleteRolePermissionsBoundary" in actions_of(statements, "Deny")
 
 
 def test_every_role_the_app_stack_creates_carries_the_boundary_the_setup_creates(setup):
@@ -242,3 +230,16 @@ def test_the_stack_policy_denies_replacing_or_deleting_the_database_and_allows_t
         assert resource.removeprefix("LogicalResourceId/") in app_resources, resource
     (allow,) = [s for s in statements if s["Effect"] == "Allow"]
     assert (allow["Action"], allow["Resource"]) == ("Update:*", "*")
+
+
+def test_the_architecture_document_names_every_statement_of_the_setup_stack(setup):
+    text = (REPO_ROOT / "docs" / "architecture.md").read_text()
+    section = text.split("### Deploy permissions and stateful guards", 1)[1].split("\n## ", 1)[0]
+    sids = {
+        statement["Sid"]
+        for resource in setup["Resources"].values()
+        for document in documents(resource)
+        for statement in as_list(document["Statement"])
+    }
+    assert len(sids) > 30
+    assert {sid for sid in sids if f"`{sid}`" not in section} == set()

@@ -1008,12 +1008,22 @@ def test_github_oidc_setup_creates_the_service_role_and_the_boundary(moto_env):
         " --parameter-overrides GitHubRepository=example-org/hello-ha CreateOidcProvider=false"
         " AppStackName=hello-guard --capabilities CAPABILITY_IAM",
     )
-    outputs = {
-        o["OutputKey"]: o["OutputValue"]
-        for o in client(moto_env, "cloudformation").describe_stacks(StackName="github-oidc-guards")[
-            "Stacks"
-        ][0]["Outputs"]
-    }
+    # The README's two commands that read the outputs.
+    listed = aws_cli(
+        moto_env,
+        "aws cloudformation describe-stacks --stack-name github-oidc-guards"
+        ' --query "Stacks[0].Outputs[].[OutputKey, OutputValue]" --output text',
+    )
+    outputs = dict(line.split("\t") for line in listed.splitlines())
+    assert (
+        aws_cli(
+            moto_env,
+            "aws cloudformation describe-stacks --stack-name github-oidc-guards"
+            " --query \"Stacks[0].Outputs[?OutputKey=='CloudFormationRoleArn'].OutputValue\""
+            " --output text",
+        )
+        == outputs["CloudFormationRoleArn"]
+    )
     assert outputs["InstanceBoundaryArn"] == (
         "arn:aws:iam::123456789012:policy/hello-guard-instance-boundary"
     )
@@ -1023,3 +1033,28 @@ def test_github_oidc_setup_creates_the_service_role_and_the_boundary(moto_env):
     (statement,) = role["AssumeRolePolicyDocument"]["Statement"]
     assert statement["Principal"] == {"Service": "cloudformation.amazonaws.com"}
     assert outputs["DeployRoleArn"].split(":role/")[1].startswith("deploy/")
+
+
+def test_readme_teardown_deletes_the_database_with_a_final_snapshot_before_the_stack(moto_env):
+    """The deploy roles may not delete the database, so the README's teardown does it with
+    administrator credentials, after lifting its protection (moto then refuses delete-stack for
+    this template, as above, so the test stops before it)."""
+    deploy_sh(moto_env, "deploy", "hello-teardown-db", AMI)
+    _, resources, _ = stack_facts(moto_env, "hello-teardown-db")
+    db_id = resources["DB"]
+    # awscli v1 (PyPI) pins rds to its public endpoint and ignores AWS_ENDPOINT_URL.
+    endpoint = f" --endpoint-url {moto_env['AWS_ENDPOINT_URL']}"
+    for command in (
+        f"aws rds modify-db-instance --db-instance-identifier {db_id}"
+        " --no-deletion-protection --apply-immediately",
+        f"aws rds delete-db-instance --db-instance-identifier {db_id}"
+        f" --final-db-snapshot-identifier {db_id}-final",
+        f"aws rds wait db-instance-deleted --db-instance-identifier {db_id}",
+    ):
+        aws_cli(moto_env, command + endpoint)
+    snapshots = aws_cli(
+        moto_env,
+        f"aws rds describe-db-snapshots --db-instance-identifier {db_id} --snapshot-type manual"
+        ' --query "DBSnapshots[].DBSnapshotIdentifier" --output text' + endpoint,
+    )
+    assert snapshots == f"{db_id}-final"
