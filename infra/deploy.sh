@@ -9,14 +9,23 @@
 #   infra/deploy.sh rollback STACK PREVIOUS_AMI_ID    deploy the previous AMI again
 #   infra/deploy.sh outputs STACK                     print the stack's outputs
 #
+# deploy and rollback need CFN_ROLE_ARN: CloudFormation applies the change set with that service
+# role (the CloudFormationRoleArn output of infra/github-oidc.yaml), never with your credentials.
+# They set infra/stack-policy.json as the stack policy, and refuse a change set that would
+# replace or delete a resource that policy protects, or touch its DeletionProtection.
+# Exit codes: 0 done, 1 failed, 2 bad usage or CFN_ROLE_ARN missing, 3 change set refused.
+#
 # Needs the AWS CLI (v1 or v2) with credentials and a region (AWS_REGION), and python3 for
 # JSON and the smoke test's HTTP, so that nothing else (jq, curl) has to be installed.
 # AWS_ENDPOINT_URL, when set, points the CLI elsewhere (the tests use moto's server).
 set -euo pipefail
+# A failing "$(…)" inside a function called through "$(…)" must stop the script too.
+shopt -s inherit_errexit
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 readonly HERE
 readonly TEMPLATE="${TEMPLATE:-$HERE/hello-app.yaml}"
+readonly STACK_POLICY="$HERE/stack-policy.json"
 readonly SMOKE_TIMEOUT="${SMOKE_TIMEOUT:-180}"
 
 die() {
@@ -26,7 +35,7 @@ die() {
 say() { printf 'deploy.sh: %s\n' "$*" >&2; }
 
 usage() {
-  sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -34,9 +43,27 @@ require_ami() {
   [[ "$1" =~ ^ami-[0-9a-f]{8,17}$ ]] || die "'$1' is not an AMI ID (ami-…)"
 }
 
+# describe-stacks STACK with a --query; prints nothing when the stack does not exist. Any other
+# error (credentials, permissions, throttling) stops the script with the CLI's own message:
+# "no stack" must never be a guess, or the workflow would skip its rollback.
+stack_query() {
+  local stack="$1" query="$2" answer errors
+  errors="$(mktemp)"
+  if answer="$(aws cloudformation describe-stacks --stack-name "$stack" \
+    --query "$query" --output text 2>"$errors")"; then
+    rm -f "$errors"
+    printf '%s\n' "$answer"
+    return 0
+  fi
+  answer="$(<"$errors")"
+  rm -f "$errors"
+  [[ "$answer" == *"does not exist"* ]] || die "cannot describe stack $stack: ${answer#$'\n'}"
+}
+
 stack_status() {
-  aws cloudformation describe-stacks --stack-name "$1" \
-    --query 'Stacks[0].StackStatus' --output text 2>/dev/null || echo NONE
+  local status
+  status="$(stack_query "$1" 'Stacks[0].StackStatus')"
+  printf '%s\n' "${status:-NONE}"
 }
 
 ami_from_manifest() {
@@ -52,13 +79,9 @@ print(json.load(open(sys.argv[1]))["builds"][-1]["artifact_id"].split(":")[-1])'
 }
 
 current_ami() {
-  local stack="$1"
-  if [[ "$(stack_status "$stack")" == NONE ]]; then
-    printf '\n'
-    return
-  fi
-  aws cloudformation describe-stacks --stack-name "$stack" \
-    --query "Stacks[0].Parameters[?ParameterKey=='AmiId'].ParameterValue" --output text
+  local ami
+  ami="$(stack_query "$1" "Stacks[0].Parameters[?ParameterKey=='AmiId'].ParameterValue")"
+  printf '%s\n' "$ami"
 }
 
 # Every parameter keeps its previous value on update, except those given on the command line.
@@ -86,10 +109,60 @@ print(json.dumps(parameters))
 PY
 }
 
+require_role() {
+  if [[ -z "${CFN_ROLE_ARN:-}" ]]; then
+    say "CFN_ROLE_ARN is not set: export the CloudFormationRoleArn output of the github-oidc" \
+      "stack (README, \"Deploy to AWS\"); CloudFormation applies changes with that role only"
+    exit 2
+  fi
+}
+
+set_stack_policy() {
+  aws cloudformation set-stack-policy --stack-name "$1" --stack-policy-body "file://$STACK_POLICY"
+}
+
+# What in the change set would replace or delete a resource that the stack policy protects, or
+# touch its DeletionProtection, as "replace DB (DBName, MasterUsername)"; nothing if none. The
+# protected logical IDs are the stack policy's Deny statements' LogicalResourceId/… resources.
+change_set_dangers() {
+  # The script comes in on fd 3, as stdin carries the change set.
+  aws cloudformation describe-change-set --stack-name "$1" --change-set-name "$2" --output json |
+    python3 /dev/fd/3 "$STACK_POLICY" 3<<'PY'
+import json
+import sys
+
+policy = json.load(open(sys.argv[1]))
+protected = {
+    resource.removeprefix("LogicalResourceId/")
+    for statement in policy["Statement"]
+    if statement["Effect"] == "Deny"
+    for resource in statement["Resource"]
+}
+dangers = []
+for change in json.load(sys.stdin).get("Changes", []):
+    resource = change.get("ResourceChange", {})
+    name = resource.get("LogicalResourceId")
+    if name not in protected:
+        continue
+    targets = [detail.get("Target", {}) for detail in resource.get("Details", [])]
+    recreating = sorted(
+        {t["Name"] for t in targets if t.get("Name") and t.get("RequiresRecreation") != "Never"}
+    )
+    if resource.get("Action") == "Remove":
+        dangers.append(f"delete {name}")
+    elif resource.get("Replacement") in ("True", "Conditional"):
+        dangers.append(f"replace {name} ({', '.join(recreating) or 'properties not named'})")
+    elif any(t.get("Name") == "DeletionProtection" for t in targets):
+        dangers.append(f"change {name} (DeletionProtection)")
+print("; ".join(dangers))
+PY
+}
+
 deploy() {
   local stack="$1" ami="$2"
   shift 2
   require_ami "$ami"
+  require_role
   local status type
   status="$(stack_status "$stack")"
   case "$status" in
@@ -100,6 +173,9 @@ deploy() {
   [[ "$status" != ROLLBACK_COMPLETE ]] ||
     die "stack $stack is ROLLBACK_COMPLETE (its creation failed): delete it, then deploy again"
 
+  # Before the change set, so that the policy in force is always the repository's.
+  if [[ "$type" == UPDATE ]]; then set_stack_policy "$stack"; fi
+
   local change_set
   change_set="deploy-$(date -u +%Y%m%d%H%M%S)"
   say "creating change set $change_set ($type) for $stack with AmiId=$ami"
@@ -107,7 +183,7 @@ deploy() {
   parameters="$(parameters_json "$stack" "$ami" "$status" "$@")"
   if ! error="$(aws cloudformation create-change-set \
     --stack-name "$stack" --change-set-name "$change_set" --change-set-type "$type" \
-    --template-body "file://$TEMPLATE" --parameters "$parameters" \
+    --template-body "file://$TEMPLATE" --parameters "$parameters" --role-arn "$CFN_ROLE_ARN" \
     --capabilities CAPABILITY_IAM --tags Key=app,Value=hello-app 2>&1 >/dev/null)"; then
     if [[ "$error" == *"No updates are to be performed"* ]]; then
       say "nothing to change: $stack already runs $ami with these parameters"
@@ -131,6 +207,13 @@ deploy() {
 
   aws cloudformation describe-change-set --stack-name "$stack" --change-set-name "$change_set" \
     --query 'Changes[].ResourceChange.[Action, LogicalResourceId, Replacement]' --output text >&2
+  local dangers
+  dangers="$(change_set_dangers "$stack" "$change_set")"
+  if [[ -n "$dangers" ]]; then
+    aws cloudformation delete-change-set --stack-name "$stack" --change-set-name "$change_set"
+    say "refusing change set $change_set: it would $dangers"
+    exit 3
+  fi
 
   say "executing $change_set; an AMI change rolls the instances one at a time (~4 min each)"
   aws cloudformation execute-change-set --stack-name "$stack" --change-set-name "$change_set"
@@ -146,6 +229,7 @@ deploy() {
       --output text >&2 || true
     die "deploy of $ami failed"
   fi
+  if [[ "$type" == CREATE ]]; then set_stack_policy "$stack"; fi
   say "stack $stack is $(stack_status "$stack") with AmiId=$ami"
 }
 

@@ -92,7 +92,9 @@ source "amazon-ebs" "ubuntu" {
 
   tags          = local.tags
   snapshot_tags = local.tags
-  run_tags      = { Name = "packer-${local.ami_name}" }
+  # The deploy role may launch, stop and image only instances with PackerBake=hello-app.
+  run_tags        = { Name = "packer-${local.ami_name}", PackerBake = "hello-app" }
+  run_volume_tags = { PackerBake = "hello-app" }
 }
 
 build {

@@ -28,6 +28,11 @@ The gaps, checked against moto 5.2.5:
 - AWS::ElasticLoadBalancingV2::TargetGroup ignores TargetGroupAttributes and has no
   TargetGroupFullName attribute, and the
   LoadBalancer's LoadBalancerFullName is declared but not implemented;
+- a change set's "Modify" changes carry no Replacement and no Details, so nothing tells a
+  deploy that it would replace the database: here each changed property is named, and
+  requires recreation when the resource type's CloudFormation schema (the copy cfn-lint
+  ships) lists it as a create-only property. Only literal template changes are seen, not
+  parameter-driven ones, which real CloudFormation evaluates "Dynamic";
 - there is no SignalResource: here it checks the stack and the logical ID, as CloudFormation
   does, and records the signal as a stack event with CloudFormation's wording ("Received
   SUCCESS signal with UniqueId i-…"), which DescribeStackEvents then shows.
@@ -40,6 +45,7 @@ from typing import Any
 
 import moto.cloudformation.models
 import moto.cloudformation.responses
+from cfnlint.schema import PROVIDER_SCHEMA_MANAGER
 from moto.autoscaling.models import autoscaling_backends
 from moto.cloudformation.exceptions import ValidationError
 from moto.cloudformation.models import Event
@@ -440,6 +446,43 @@ def _signal_resource(self):
 
 
 moto.cloudformation.responses.CloudFormationResponse.signal_resource = _signal_resource
+_change_set_diff = moto.cloudformation.models.ChangeSet.diff
+
+
+def _create_only_properties(stack, resource_type):
+    schema = PROVIDER_SCHEMA_MANAGER.get_resource_schema(stack.region_name, resource_type)
+    return {path.removeprefix("/properties/") for path in schema.schema["createOnlyProperties"]}
+
+
+def _diff_with_replacement(self):
+    changes = _change_set_diff(self)
+    old_resources = self.stack.template_dict.get("Resources", {})
+    new_resources = self.template_dict.get("Resources", {})
+    for change in changes:
+        change.replacement, change.details = None, []
+        if change.action != "Modify":
+            continue
+        old = old_resources[change.logical_resource_id].get("Properties", {})
+        new = new_resources[change.logical_resource_id].get("Properties", {})
+        create_only = _create_only_properties(self.stack, change.resource_type)
+        changed = sorted(name for name in old.keys() | new.keys() if old.get(name) != new.get(name))
+        change.details = [
+            {
+                "Target": {
+                    "Attribute": "Properties",
+                    "Name": name,
+                    "RequiresRecreation": "Always" if name in create_only else "Never",
+                },
+                "Evaluation": "Static",
+                "ChangeSource": "DirectModification",
+            }
+            for name in changed
+        ]
+        change.replacement = "True" if create_only & set(changed) else "False"
+    return changes
+
+
+moto.cloudformation.models.ChangeSet.diff = _diff_with_replacement
 
 
 if __name__ == "__main__":

@@ -60,11 +60,31 @@ def moto_env(tmp_path_factory):
     env.pop("AWS_PROFILE", None)
     try:
         wait_until(lambda: _answers(port), timeout=30, what="moto server")
+        env["CFN_ROLE_ARN"] = cloudformation_service_role(env)
         yield env
     finally:
         server.terminate()
         server.wait(timeout=10)
         log.close()
+
+
+def cloudformation_service_role(env):
+    """The role deploy.sh passes to CloudFormation, as infra/github-oidc.yaml makes it."""
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "cloudformation.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    return client(env, "iam").create_role(
+        RoleName="github-oidc-CloudFormationRole",
+        Path="/deploy/",
+        AssumeRolePolicyDocument=json.dumps(trust),
+    )["Role"]["Arn"]
 
 
 def _answers(port):
@@ -1004,3 +1024,193 @@ def test_github_oidc_role_trusts_only_the_production_environment(moto_env):
     assert claims["token.actions.githubusercontent.com:sub"] == (
         "repo:example-org/hello-ha:environment:production"
     )
+
+
+# ---------------------------------------------------------------- least privilege and guards
+
+STACK_POLICY = REPO_ROOT / "infra" / "stack-policy.json"
+
+
+def test_the_stack_is_applied_by_the_cloudformation_service_role(moto_env, http_stack):
+    stack, _, _ = http_stack
+    assert stack["RoleARN"] == moto_env["CFN_ROLE_ARN"]
+
+
+def test_the_instance_role_carries_the_stacks_permissions_boundary(moto_env, http_stack):
+    _, resources, _ = http_stack
+    role = client(moto_env, "iam").get_role(RoleName=resources["InstanceRole"])["Role"]
+    assert role["PermissionsBoundary"]["PermissionsBoundaryArn"] == (
+        "arn:aws:iam::123456789012:policy/hello-http-instance-boundary"
+    )
+
+
+def test_the_stack_policy_is_set_when_the_stack_is_created(moto_env, http_stack):
+    # moto stores the policy without enforcing it: deploy.sh's own check is what refuses.
+    body = client(moto_env, "cloudformation").get_stack_policy(StackName="hello-http")
+    assert json.loads(body["StackPolicyBody"]) == json.loads(STACK_POLICY.read_text())
+
+
+def test_deploy_without_the_service_role_is_refused_before_any_call(moto_env):
+    env = {k: v for k, v in moto_env.items() if k != "CFN_ROLE_ARN"}
+    result = deploy_sh(env, "deploy", "hello-no-role", AMI, check=False)
+    assert result.returncode == 2
+    assert result.stderr.startswith("deploy.sh: CFN_ROLE_ARN is not set: export the")
+    assert deploy_sh(moto_env, "current-ami", "hello-no-role").stdout == "\n"
+
+
+@pytest.fixture(scope="module")
+def guarded_stack(moto_env):
+    """A stack of its own for the change sets that deploy.sh must refuse."""
+    deploy_sh(moto_env, "deploy", "hello-guard", AMI)
+    return stack_facts(moto_env, "hello-guard")
+
+
+def template_with(tmp_path, old, new):
+    text = (REPO_ROOT / "infra" / "hello-app.yaml").read_text()
+    assert text.count(old) == 1, old
+    changed = tmp_path / "hello-app.yaml"
+    changed.write_text(text.replace(old, new))
+    return changed
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "danger"),
+    [
+        (
+            "      DBName: hello\n      Port: 5432\n      MasterUsername: hello_app\n",
+            "      DBName: hello2\n      Port: 5432\n      MasterUsername: admin2\n",
+            "replace DB (DBName, MasterUsername)",
+        ),
+        (
+            "      DeletionProtection: true\n",
+            "      DeletionProtection: false\n",
+            "change DB (DeletionProtection)",
+        ),
+    ],
+    ids=["replace-the-database", "lift-deletion-protection"],
+)
+def test_a_change_set_that_endangers_the_database_is_refused_and_dropped(
+    moto_env, guarded_stack, tmp_path, old, new, danger
+):
+    _, resources, _ = guarded_stack
+    cfn = client(moto_env, "cloudformation")
+    status_before = cfn.describe_stacks(StackName="hello-guard")["Stacks"][0]["StackStatus"]
+    template_before = cfn.get_template(StackName="hello-guard")["TemplateBody"]
+    env = {**moto_env, "TEMPLATE": str(template_with(tmp_path, old, new))}
+
+    result = deploy_sh(env, "deploy", "hello-guard", AMI, check=False)
+
+    assert result.returncode == 3, result.stderr
+    (refusal,) = [line for line in result.stderr.splitlines() if "refusing" in line]
+    refused = re.fullmatch(
+        rf"deploy\.sh: refusing change set (deploy-\d{{14}}): it would {re.escape(danger)}", refusal
+    )
+    assert refused, refusal
+    # moto keeps executed change sets listed, where AWS drops them: look for this one only.
+    summaries = cfn.list_change_sets(StackName="hello-guard")["Summaries"]
+    assert refused.group(1) not in [s["ChangeSetName"] for s in summaries]
+    stack, _, _ = stack_facts(moto_env, "hello-guard")
+    assert stack["StackStatus"] == status_before
+    assert cfn.get_template(StackName="hello-guard")["TemplateBody"] == template_before
+    (db,) = client(moto_env, "rds").describe_db_instances(DBInstanceIdentifier=resources["DB"])[
+        "DBInstances"
+    ]
+    assert (db["DBName"], db["MasterUsername"], db["DeletionProtection"]) == (
+        "hello",
+        "hello_app",
+        True,
+    )
+
+
+def test_a_deploy_that_spares_the_database_goes_through_and_restores_the_stack_policy(
+    moto_env, guarded_stack, tmp_path
+):
+    cfn = client(moto_env, "cloudformation")
+    allow_all = {
+        "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "Update:*", "Resource": "*"}]
+    }
+    cfn.set_stack_policy(StackName="hello-guard", StackPolicyBody=json.dumps(allow_all))
+    template = template_with(
+        tmp_path, "      DisplayName: hello-app alarms\n", "      DisplayName: hello-app alarms!\n"
+    )
+
+    result = deploy_sh({**moto_env, "TEMPLATE": str(template)}, "deploy", "hello-guard", AMI)
+
+    assert "refusing" not in result.stderr
+    assert stack_facts(moto_env, "hello-guard")[0]["StackStatus"] == "UPDATE_COMPLETE"
+    body = cfn.get_stack_policy(StackName="hello-guard")["StackPolicyBody"]
+    assert json.loads(body) == json.loads(STACK_POLICY.read_text())
+
+
+def test_current_ami_fails_with_the_clis_message_when_aws_does_not_answer(moto_env):
+    env = {
+        **moto_env,
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "AWS_MAX_ATTEMPTS": "1",
+    }
+    result = deploy_sh(env, "current-ami", "hello-http", check=False)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("deploy.sh: cannot describe stack hello-http: ")
+    assert "Could not connect to the endpoint URL" in result.stderr
+
+
+def test_github_oidc_setup_creates_the_service_role_and_the_boundary(moto_env):
+    """The README's one-time setup outputs what deploy.yml and deploy.sh take as variables."""
+    template = REPO_ROOT / "infra" / "github-oidc.yaml"
+    aws_cli(
+        moto_env,
+        f"aws cloudformation deploy --stack-name github-oidc-guards --template-file {template}"
+        " --parameter-overrides GitHubRepository=example-org/hello-ha CreateOidcProvider=false"
+        " AppStackName=hello-guard --capabilities CAPABILITY_IAM",
+    )
+    # The README's two commands that read the outputs.
+    listed = aws_cli(
+        moto_env,
+        "aws cloudformation describe-stacks --stack-name github-oidc-guards"
+        ' --query "Stacks[0].Outputs[].[OutputKey, OutputValue]" --output text',
+    )
+    outputs = dict(line.split("\t") for line in listed.splitlines())
+    assert (
+        aws_cli(
+            moto_env,
+            "aws cloudformation describe-stacks --stack-name github-oidc-guards"
+            " --query \"Stacks[0].Outputs[?OutputKey=='CloudFormationRoleArn'].OutputValue\""
+            " --output text",
+        )
+        == outputs["CloudFormationRoleArn"]
+    )
+    assert outputs["InstanceBoundaryArn"] == (
+        "arn:aws:iam::123456789012:policy/hello-guard-instance-boundary"
+    )
+    iam = client(moto_env, "iam")
+    role = iam.get_role(RoleName=outputs["CloudFormationRoleArn"].rsplit("/", 1)[-1])["Role"]
+    assert role["Path"] == "/deploy/"
+    (statement,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert statement["Principal"] == {"Service": "cloudformation.amazonaws.com"}
+    assert outputs["DeployRoleArn"].split(":role/")[1].startswith("deploy/")
+
+
+def test_readme_teardown_deletes_the_database_with_a_final_snapshot_before_the_stack(moto_env):
+    """The deploy roles may not delete the database, so the README's teardown does it with
+    administrator credentials, after lifting its protection (moto then refuses delete-stack for
+    this template, as above, so the test stops before it)."""
+    deploy_sh(moto_env, "deploy", "hello-teardown-db", AMI)
+    _, resources, _ = stack_facts(moto_env, "hello-teardown-db")
+    db_id = resources["DB"]
+    # awscli v1 (PyPI) pins rds to its public endpoint and ignores AWS_ENDPOINT_URL.
+    endpoint = f" --endpoint-url {moto_env['AWS_ENDPOINT_URL']}"
+    for command in (
+        f"aws rds modify-db-instance --db-instance-identifier {db_id}"
+        " --no-deletion-protection --apply-immediately",
+        f"aws rds delete-db-instance --db-instance-identifier {db_id}"
+        f" --final-db-snapshot-identifier {db_id}-final",
+        f"aws rds wait db-instance-deleted --db-instance-identifier {db_id}",
+    ):
+        aws_cli(moto_env, command + endpoint)
+    snapshots = aws_cli(
+        moto_env,
+        f"aws rds describe-db-snapshots --db-instance-identifier {db_id} --snapshot-type manual"
+        ' --query "DBSnapshots[].DBSnapshotIdentifier" --output text' + endpoint,
+    )
+    assert snapshots == f"{db_id}-final"
