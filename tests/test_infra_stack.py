@@ -1077,9 +1077,9 @@ def template_with(tmp_path, old, new):
     ("old", "new", "danger"),
     [
         (
-            "      DBName: hello\n      Port: 5432\n      MasterUsername: hello_app\n",
-            "      DBName: hello2\n      Port: 5432\n      MasterUsername: admin2\n",
-            "replace DB (DBName, MasterUsername)",
+            "      DBName: hello\n",
+            "      DBName: hello2\n",
+            "replace DB (DBName)",
         ),
         (
             "      DeletionProtection: true\n",
