@@ -37,10 +37,10 @@ dist: ## Build the app's wheel, the one artefact deployments install, into dist/
 	$(BIN)/pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir dist .
 	@ls dist/*.whl
 
-# TEST_WORKERS=N runs the test files side by side on N processes (pytest-xdist), slowest first
-# (tests/conftest.py); a file's tests stay together, as they share its fixtures. Off by default:
-# on a 2-core machine, 3 workers starve the lab's drills, whose hypotheses then fail.
-TEST_WORKERS ?= 0
+# The test files run side by side on one process per core (pytest-xdist), slowest first; a
+# file's tests stay together, as they share its fixtures. The lab's tests run last, alone
+# (tests/conftest.py: MachineLock). TEST_WORKERS=0 runs everything in this one process.
+TEST_WORKERS ?= auto
 
 test: venv ## Run the whole test suite.
 	$(BIN)/pytest tests -ra --timeout=900 --durations=25 \

@@ -5,6 +5,7 @@ naming the tool and the package that provides it (support.require_command). CI s
 FORBID_SKIPS=1, and then every skip is reported as a failure instead.
 """
 
+import fcntl
 import os
 import shutil
 import socket
@@ -12,6 +13,7 @@ import subprocess
 import tempfile
 import threading
 import uuid
+from pathlib import Path
 
 import pytest
 from support import REPO_ROOT, AppProcess, PostgresCluster, require_command, run, wait_until
@@ -37,24 +39,27 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped, but FORBID_SKIPS=1 makes every test mandatory: {reason}"
 
 
-# make test hands whole files to its workers in collection order, two at a time (Makefile:
-# TEST_WORKERS). These take minutes each (`--durations` in .ci/run), so they go first, in pairs
-# of even length: with 3 workers, the lab alone, then fresh machine + ssh, molecule + load
-# balancer. None is left to start at the end while the other workers sit idle.
+# make test hands whole files to its workers in collection order (Makefile: TEST_WORKERS).
+# These take minutes each (`--durations` in .ci/run), so they go first: none is left to start
+# at the end while the other workers sit idle. The lab's files go last, as they run alone.
 SLOWEST_FILES = (
-    "test_lab_drills.py",  # 9 min: the lab, then every drill
-    "test_fresh_machine.py",  # 6 min
-    "test_ansible_molecule.py",  # 4.5 min
-    "test_ansible_ssh.py",  # 3 min
+    "test_fresh_machine.py",  # 7 min
     "test_ansible_load_balancer.py",  # 5 min
-    "test_infra_stack.py",  # 5 min: stacks and change sets on moto's server
+    "test_ansible_molecule.py",  # 4 min
+    "test_ansible_ssh.py",  # 2.5 min
+    "test_infra_stack.py",  # 2 min: stacks and change sets on moto's server
+    "test_ansible_fleet.py",  # 2 min
     "test_packer_local_bake.py",  # 2 min
 )
 
 
 def pytest_collection_modifyitems(items):
     rank = {name: position for position, name in enumerate(SLOWEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
+
+    def order(item):
+        return item.get_closest_marker("lab") is not None, rank.get(item.path.name, len(rank))
+
+    items.sort(key=order)  # stable: files stay whole
     # `-m "not docker"` then selects the tests that need no Docker engine, `-m systemd` those
     # that boot systemd containers as VMs (the markers are declared in pyproject.toml).
     for item in items:
@@ -62,6 +67,46 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.docker)
         if "systemd_image" in item.fixturenames:  # ssh_vms too: it boots from systemd_image
             item.add_marker(pytest.mark.systemd)
+
+
+class MachineLock:
+    """With TEST_WORKERS, the lab's tests run with the machine to themselves: the drills
+    measure failure windows, and on 2 cores the other tests' load stretches them until the
+    hypotheses fail. Every worker holds this lock, shared for other tests and exclusive for
+    lab tests, and lets go after its last test.
+
+    The lock is taken before pytest-timeout starts a test's clock: waiting is not running."""
+
+    def __init__(self, path: Path):
+        self.file = path.open("a")
+        self.exclusive: bool | None = None
+
+    def release(self) -> None:
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.exclusive = None
+
+    def hold(self, exclusive: bool) -> None:
+        if exclusive == self.exclusive:
+            return
+        fcntl.flock(self.file, fcntl.LOCK_UN)  # flock cannot switch modes atomically
+        fcntl.flock(self.file, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        self.exclusive = exclusive
+
+
+machine_lock: MachineLock | None = None
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    global machine_lock
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # set in xdist's workers only
+    if run_id:
+        if machine_lock is None:
+            machine_lock = MachineLock(Path(tempfile.gettempdir()) / f"hello-tests-{run_id}.lock")
+        machine_lock.hold(exclusive=item.get_closest_marker("lab") is not None)
+    yield
+    if machine_lock and nextitem is None:  # the worker's last test: it idles until all end
+        machine_lock.release()
 
 
 @pytest.fixture(scope="session", autouse=True)
