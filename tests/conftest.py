@@ -44,7 +44,7 @@ def pytest_runtest_makereport(item, call):
 # at the end while the other workers sit idle. The lab's files go last, as they run alone.
 SLOWEST_FILES = (
     "test_fresh_machine.py",  # 7 min
-    "test_ansible_load_balancer.py",  # 5 min
+    "test_ansible_load_balancer.py",  # 4 min
     "test_ansible_molecule.py",  # 4 min
     "test_ansible_ssh.py",  # 2.5 min
     "test_infra_stack.py",  # 2 min: stacks and change sets on moto's server
