@@ -44,7 +44,7 @@ def pytest_runtest_makereport(item, call):
 # at the end while the other workers sit idle. The lab's files go last, as they run alone.
 SLOWEST_FILES = (
     "test_fresh_machine.py",  # 7 min
-    "test_ansible_load_balancer.py",  # 5 min
+    "test_ansible_load_balancer.py",  # 4 min
     "test_ansible_molecule.py",  # 4 min
     "test_ansible_ssh.py",  # 2.5 min
     "test_infra_stack.py",  # 2 min: stacks and change sets on moto's server
@@ -258,11 +258,22 @@ def ssh_vms(systemd_image, tmp_path):
     """Factory: "VMs" as a cloud gives them, reached over SSH on 127.0.0.1. Each is a systemd
     container with sshd and a sudo user `deploy` that accepts the test's throwaway key; each
     comes with its inventory line, an ssh command and its published port 8080."""
+    yield from ssh_vm_factory(systemd_image, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_ssh_vms(systemd_image, tmp_path_factory):
+    """ssh_vms, for VMs that a module's tests share."""
+    yield from ssh_vm_factory(systemd_image, tmp_path_factory.mktemp("vms"))
+
+
+def ssh_vm_factory(systemd_image: str, directory: Path):
+    """ssh_vms' factory; its key and known_hosts go in `directory`. Removes its VMs when done."""
     for command in ("ssh", "ssh-keygen", "ssh-keyscan"):
         require_command(command, "openssh-client")
-    key = tmp_path / "id_ed25519"
+    key = directory / "id_ed25519"
     run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hello-ssh-test", "-f", str(key))
-    known_hosts = tmp_path / "known_hosts"
+    known_hosts = directory / "known_hosts"
     known_hosts.touch()
     ssh_args = f"-o UserKnownHostsFile={known_hosts} -o IdentitiesOnly=yes"
     setup = (

@@ -63,7 +63,7 @@ def readme_command(playbook: str, lb_type: str, inventory: Path) -> str:
 
 class Fleet:
     """Two VMs, vm1 and vm2, an inventory of them, and a HOME with README step 3's vault files
-    (a SQLite URL, as in tests/test_ansible_ssh.py)."""
+    (a SQLite URL, as in tests/test_ansible_ssh.py). The load balancers' tests share one."""
 
     def __init__(self, ssh_vms, tmp_path: Path, env: dict[str, str]):
         self.home = tmp_path / "home"
@@ -113,12 +113,32 @@ class Fleet:
         )
 
     def current_release(self, alias: str) -> str:
-        link = run(*self.vms[alias]["ssh"], "readlink /opt/hello-app/current").stdout.strip()
-        return Path(link).name
+        """The release the VM runs, or "" before its first deploy."""
+        link = run(*self.vms[alias]["ssh"], "readlink /opt/hello-app/current", check=False)
+        return Path(link.stdout.strip()).name
 
     def restart_window(self, alias: str, since: float) -> tuple[float, float]:
         """When the VM's old release began to stop, and when its new one was last ready."""
         return restart_window(self.vms[alias]["name"], since)
+
+
+@pytest.fixture(scope="module")
+def shared_fleet(module_ssh_vms, tmp_path_factory) -> Fleet:
+    # Dummy AWS credentials for the ALB hooks; the endpoint comes from the inventory
+    # (hello_app_lb_alb_endpoint_url), so nothing reaches AWS.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env |= {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    return Fleet(module_ssh_vms, tmp_path_factory.mktemp("fleet"), env)
+
+
+@pytest.fixture
+def fleet(shared_fleet) -> Fleet:
+    """The shared fleet on OLD_RELEASE, the rollouts' starting point: deployed by the first
+    test, and again only if a test left the VMs on another release."""
+    shared_fleet.write_inventory({}, {})
+    if any(shared_fleet.current_release(alias) != OLD_RELEASE for alias in shared_fleet.vms):
+        shared_fleet.deploy_old_release()
+    return shared_fleet
 
 
 class OutOfRotation:
@@ -260,12 +280,7 @@ def haproxy(tmp_path):
         process.wait(timeout=10)
 
 
-def test_haproxy_drains_each_vm_before_its_restart_and_enables_it_once_ready(
-    ssh_vms, haproxy, tmp_path
-):
-    fleet = Fleet(ssh_vms, tmp_path, dict(os.environ))
-    fleet.write_inventory({}, {})
-    fleet.deploy_old_release()
+def test_haproxy_drains_each_vm_before_its_restart_and_enables_it_once_ready(fleet, haproxy):
     proxy = haproxy({alias: vm["http"] for alias, vm in fleet.vms.items()})
     fleet.write_inventory({}, {"hello_app_lb_haproxy_socket": str(proxy["socket"])})
 
@@ -355,13 +370,9 @@ def healthy_targets(endpoint: str, group_arn: str) -> set[str]:
 
 @pytest.mark.aws
 def test_alb_deregisters_each_vm_before_its_restart_and_registers_it_once_ready(
-    ssh_vms, moto_endpoint, tmp_path
+    fleet, moto_endpoint
 ):
     group_arn, instance_ids = target_group_with_two_instances(moto_endpoint)
-    # Dummy credentials; the endpoint comes from the inventory (hello_app_lb_alb_endpoint_url).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env |= {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-    fleet = Fleet(ssh_vms, tmp_path, env)
     target_of = dict(zip(fleet.vms, instance_ids, strict=True))
     fleet.write_inventory(
         {alias: f"instance_id={target}" for alias, target in target_of.items()},
@@ -373,7 +384,6 @@ def test_alb_deregisters_each_vm_before_its_restart_and_registers_it_once_ready(
             "hello_app_lb_alb_healthy_timeout": "10",
         },
     )
-    fleet.deploy_old_release()
 
     def hosts_out() -> set[str]:
         registered = healthy_targets(moto_endpoint, group_arn)
