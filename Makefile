@@ -22,9 +22,11 @@ help: ## List the targets.
 	@grep -E '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 # start.sh owns the runtime venv (requirements.txt); the dev tools go on top of it.
+# --no-compile: pip would byte-compile all ~1 GB of the tools (Ansible's collections alone
+# are 470 MB), 50 s of CPU for files never imported here; Python compiles what is imported.
 $(VENV)/.dev-installed: requirements.txt requirements-dev.txt start.sh
 	VENV_DIR=$(VENV) PYTHON=$(PYTHON) ./start.sh install
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-compile -r requirements-dev.txt
 	touch $@
 
 venv: $(VENV)/.dev-installed ## Create or update the dev venv (.venv).
