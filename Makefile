@@ -40,8 +40,8 @@ dist: ## Build the app's wheel, the one artefact deployments install, into dist/
 	@ls dist/*.whl
 
 # The test files run side by side on one process per core (pytest-xdist), slowest first; a
-# file's tests stay together, as they share its fixtures. The lab's tests run last, and its
-# drills alone (tests/conftest.py: MachineLock). TEST_WORKERS=0 runs everything in this one process.
+# file's tests stay together, as they share its fixtures. The lab's tests run last, alone
+# (tests/conftest.py: MachineLock). TEST_WORKERS=0 runs everything in this one process.
 TEST_WORKERS ?= auto
 
 test: venv ## Run the whole test suite.

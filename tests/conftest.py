@@ -75,9 +75,7 @@ class MachineLock:
     hypotheses fail. Every worker holds this lock, shared for other tests and exclusive for
     lab tests, and lets go after its last test.
 
-    The lock is taken before pytest-timeout starts a test's clock: waiting is not running.
-    A lab test marked `lab(setup_shares_the_machine=True)` starts with the lock shared, and
-    its fixture takes it alone (machine_to_myself) once what it sets up is not measured."""
+    The lock is taken before pytest-timeout starts a test's clock: waiting is not running."""
 
     def __init__(self, path: Path):
         self.file = path.open("a")
@@ -105,18 +103,10 @@ def pytest_runtest_protocol(item, nextitem):
     if run_id:
         if machine_lock is None:
             machine_lock = MachineLock(Path(tempfile.gettempdir()) / f"hello-tests-{run_id}.lock")
-        lab = item.get_closest_marker("lab")
-        alone = lab is not None and not lab.kwargs.get("setup_shares_the_machine")
-        machine_lock.hold(exclusive=alone)
+        machine_lock.hold(exclusive=item.get_closest_marker("lab") is not None)
     yield
     if machine_lock and nextitem is None:  # the worker's last test: it idles until all end
         machine_lock.release()
-
-
-def machine_to_myself() -> None:
-    """Wait until this worker runs alone (see MachineLock); at once without TEST_WORKERS."""
-    if machine_lock:
-        machine_lock.hold(exclusive=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

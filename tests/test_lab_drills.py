@@ -14,13 +14,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import machine_to_myself
 from support import REPO_ROOT, free_port, require_command, run
 
 from lab.drills import DRILLS
 
-# The lab comes up alongside other tests; the drills then run alone (conftest: MachineLock).
-pytestmark = pytest.mark.lab(setup_shares_the_machine=True)
+pytestmark = pytest.mark.lab
 # The lab up (~1.5 min), then every drill (~10 min on 2 cores), with room for a loaded machine.
 MAKE_TIMEOUT = 2400
 
@@ -48,7 +46,6 @@ def lab_env(docker, tmp_path_factory):
 def drill_results(lab_env) -> dict[str, dict]:
     up = run("make", "lab", cwd=REPO_ROOT, env=lab_env, timeout=MAKE_TIMEOUT)
     assert f"http://127.0.0.1:{lab_env['LAB_PORT']}/" in up.stdout
-    machine_to_myself()
     drills = run("make", "drills", cwd=REPO_ROOT, env=lab_env, timeout=MAKE_TIMEOUT, check=False)
     print(drills.stdout[-5000:])  # the table, shown with -s or on failure
     results = json.loads(Path(lab_env["LAB_STATE_DIR"], "drills", "results.json").read_text())
