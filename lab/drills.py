@@ -47,6 +47,8 @@ FAILOVER_VISITS_BACK_S = 15
 BROWNOUT_S = 60
 BROWNOUT_VISITS_BACK_S = 10
 BROWNOUT_HEALTHZ_P99_MS = 1000
+# The role's units allow 5 starts in 60 s (StartLimitBurst); the 6th kill should end the loop.
+CRASH_LOOP_MAX_KILLS = 10
 
 
 # The most requests one worker serves at once: the role's hello_app_waitress_threads.
@@ -240,6 +242,42 @@ def worker_crash(run_: Run) -> None:
     )
 
 
+def worker_crash_loop(run_: Run) -> None:
+    lab = run_.lab
+    kills = 0
+
+    def crash_loop():
+        # Kill worker 1 each time systemd has started it again, until systemd gives up on it:
+        # its start limit, which also closes the socket whose Service= it is.
+        nonlocal kills
+        while kills < CRASH_LOOP_MAX_KILLS and socket_state(lab) != "failed":
+            lab.exec("vm1", "systemctl", "kill", "--signal=KILL", "hello-app@1.service",
+                     check=False)  # fmt: skip
+            kills += 1
+            time.sleep(1)
+
+    run_.fault(crash_loop)
+    run_.check(socket_state(lab) == "failed", f"the socket did not close after {kills} kills")
+    time.sleep(SETTLE)  # worker 2 alone, on the port that it still holds
+    # What an operator does: site.yml repairs the host, out of HAProxy meanwhile.
+    lab.deploy(lab.current_release("vm1"), limit=["vm1"], log=run_.out_dir / "site.yml.log")
+    run_.check(socket_state(lab) == "active", "site.yml did not open the socket again")
+    for unit in ("hello-app@1.service", "hello-app@2.service"):
+        active = lab.exec("vm1", "systemctl", "is-active", unit, check=False).stdout.strip()
+        run_.check(active == "active", f"{unit} is {active} after site.yml")
+    failures = run_.load.failures()
+    after = [r for r in failures if r.at > run_.fault_end + CLOCK_SLACK_S]
+    run_.check(not after, describe_failures(after, "sent after the last kill"))
+    most = kills * THREADS_PER_WORKER  # each kill loses at most one request per thread
+    run_.check(len(failures) <= most, describe_failures(failures, f"failed, more than {most}"))
+    window = run_.load.error_window()
+    run_.rto_s = (window[1] - run_.fault_start) if window else 0.0
+
+
+def socket_state(lab: Lab) -> str:
+    return lab.exec("vm1", "systemctl", "is-active", "hello-app.socket", check=False).stdout.strip()
+
+
 def vm_loss(run_: Run) -> None:
     lab = run_.lab
     run_.fault(lambda: docker("kill", lab.vm("vm2")))
@@ -352,6 +390,15 @@ DRILLS = [
         "kill -9 of one worker on vm1",
         worker_crash,
         seconds=60,
+    ),
+    Drill(
+        "worker-crash-loop",
+        "A worker that keeps crashing costs at most the requests it was serving at each crash:"
+        " when systemd gives up on it and closes the socket, the other worker keeps serving on"
+        " the port, and site.yml repairs the host while it is out of HAProxy.",
+        "kill -9 of worker 1 on vm1 until systemd gives up on it, then site.yml on vm1",
+        worker_crash_loop,
+        seconds=300,
     ),
     Drill(
         "vm-loss",
