@@ -121,9 +121,11 @@ set_stack_policy() {
   aws cloudformation set-stack-policy --stack-name "$1" --stack-policy-body "file://$STACK_POLICY"
 }
 
-# What in the change set would replace or delete a resource that the stack policy protects, or
-# touch its DeletionProtection, as "replace DB (DBName, MasterUsername)"; nothing if none. The
-# protected logical IDs are the stack policy's Deny statements' LogicalResourceId/… resources.
+# Prints the change set's resource changes on stderr, one "Action LogicalResourceId
+# Replacement" line each. On stdout: what in it would replace or delete a resource that the
+# stack policy protects, or touch its DeletionProtection, as "replace DB (DBName,
+# MasterUsername)"; nothing if none. The protected logical IDs are the stack policy's Deny
+# statements' LogicalResourceId/… resources. One describe-change-set call for both.
 change_set_dangers() {
   # The script comes in on fd 3, as stdin carries the change set.
   aws cloudformation describe-change-set --stack-name "$1" --change-set-name "$2" --output json |
@@ -142,6 +144,7 @@ dangers = []
 for change in json.load(sys.stdin).get("Changes", []):
     resource = change.get("ResourceChange", {})
     name = resource.get("LogicalResourceId")
+    print(resource.get("Action"), name, resource.get("Replacement"), sep="\t", file=sys.stderr)
     if name not in protected:
         continue
     targets = [detail.get("Target", {}) for detail in resource.get("Details", [])]
@@ -205,8 +208,6 @@ deploy() {
     die "change set $change_set failed: $reason"
   fi
 
-  aws cloudformation describe-change-set --stack-name "$stack" --change-set-name "$change_set" \
-    --query 'Changes[].ResourceChange.[Action, LogicalResourceId, Replacement]' --output text >&2
   local dangers
   dangers="$(change_set_dangers "$stack" "$change_set")"
   if [[ -n "$dangers" ]]; then
@@ -230,7 +231,8 @@ deploy() {
     die "deploy of $ami failed"
   fi
   if [[ "$type" == CREATE ]]; then set_stack_policy "$stack"; fi
-  say "stack $stack is $(stack_status "$stack") with AmiId=$ami"
+  # The waiter succeeds on this status only.
+  say "stack $stack is ${type}_COMPLETE with AmiId=$ami"
 }
 
 outputs() {
