@@ -30,6 +30,7 @@ from lab.topology import (
     HEALTH_CHECK,
     HEALTH_CHECK_SCALE,
     VM_NAMES,
+    WORKERS_PER_VM,
     Lab,
     restart_window,
 )
@@ -262,7 +263,8 @@ def worker_crash_loop(run_: Run) -> None:
     # What an operator does: site.yml repairs the host, out of HAProxy meanwhile.
     lab.deploy(lab.current_release("vm1"), limit=["vm1"], log=run_.out_dir / "site.yml.log")
     run_.check(socket_state(lab) == "active", "site.yml did not open the socket again")
-    for unit in ("hello-app@1.service", "hello-app@2.service"):
+    for worker in range(1, WORKERS_PER_VM + 1):
+        unit = f"hello-app@{worker}.service"
         active = lab.exec("vm1", "systemctl", "is-active", unit, check=False).stdout.strip()
         run_.check(active == "active", f"{unit} is {active} after site.yml")
     failures = run_.load.failures()
