@@ -229,18 +229,9 @@ def worker_crash(run_: Run) -> None:
     lab = run_.lab
     run_.fault(lambda: lab.exec("vm1", "systemctl", "kill", "--signal=KILL", "hello-app@1.service"))
     time.sleep(SETTLE)
-    active = lab.exec("vm1", "systemctl", "is-active", "hello-app@1.service", check=False)
-    run_.check(active.stdout.strip() == "active", "systemd did not start worker 1 again")
-    # kill -9 loses what the worker was serving at that instant, as it would behind an ALB,
-    # which does not retry: at most one request per thread, each sent before the kill.
-    # Connections not yet accepted wait in the shared socket for the other workers.
-    failures = run_.load.failures()
-    after = [r for r in failures if r.at > run_.fault_end + CLOCK_SLACK_S]
-    run_.check(not after, describe_failures(after, "sent after the kill"))
-    run_.check(
-        len(failures) <= THREADS_PER_WORKER,
-        describe_failures(failures, f"failed, more than the worker's {THREADS_PER_WORKER} threads"),
-    )
+    run_.check(vm1_unit_state(lab, "hello-app@1.service") == "active",
+               "systemd did not start worker 1 again")  # fmt: skip
+    check_only_killed_requests_failed(run_, kills=1)
 
 
 def worker_crash_loop(run_: Run) -> None:
@@ -251,33 +242,41 @@ def worker_crash_loop(run_: Run) -> None:
         # Kill worker 1 each time systemd has started it again, until systemd gives up on it:
         # its start limit, which also closes the socket whose Service= it is.
         nonlocal kills
-        while kills < CRASH_LOOP_MAX_KILLS and socket_state(lab) != "failed":
+        while kills < CRASH_LOOP_MAX_KILLS and vm1_unit_state(lab, "hello-app.socket") != "failed":
             lab.exec("vm1", "systemctl", "kill", "--signal=KILL", "hello-app@1.service",
                      check=False)  # fmt: skip
             kills += 1
             time.sleep(1)
 
     run_.fault(crash_loop)
-    run_.check(socket_state(lab) == "failed", f"the socket did not close after {kills} kills")
+    socket = vm1_unit_state(lab, "hello-app.socket")
+    run_.check(socket == "failed", f"the socket is {socket} after {kills} kills")
     time.sleep(SETTLE)  # worker 2 alone, on the port that it still holds
     # What an operator does: site.yml repairs the host, out of HAProxy meanwhile.
     lab.deploy(lab.current_release("vm1"), limit=["vm1"], log=run_.out_dir / "site.yml.log")
-    run_.check(socket_state(lab) == "active", "site.yml did not open the socket again")
-    for worker in range(1, WORKERS_PER_VM + 1):
-        unit = f"hello-app@{worker}.service"
-        active = lab.exec("vm1", "systemctl", "is-active", unit, check=False).stdout.strip()
-        run_.check(active == "active", f"{unit} is {active} after site.yml")
-    failures = run_.load.failures()
-    after = [r for r in failures if r.at > run_.fault_end + CLOCK_SLACK_S]
-    run_.check(not after, describe_failures(after, "sent after the last kill"))
-    most = kills * THREADS_PER_WORKER  # each kill loses at most one request per thread
-    run_.check(len(failures) <= most, describe_failures(failures, f"failed, more than {most}"))
+    units = ["hello-app.socket"] + [f"hello-app@{n}.service" for n in range(1, WORKERS_PER_VM + 1)]
+    for unit in units:
+        state = vm1_unit_state(lab, unit)
+        run_.check(state == "active", f"{unit} is {state} after site.yml")
+    check_only_killed_requests_failed(run_, kills)
     window = run_.load.error_window()
     run_.rto_s = (window[1] - run_.fault_start) if window else 0.0
 
 
-def socket_state(lab: Lab) -> str:
-    return lab.exec("vm1", "systemctl", "is-active", "hello-app.socket", check=False).stdout.strip()
+def vm1_unit_state(lab: Lab, unit: str) -> str:
+    """`systemctl is-active` of one of vm1's units: active, failed, activating…"""
+    return lab.exec("vm1", "systemctl", "is-active", unit, check=False).stdout.strip()
+
+
+def check_only_killed_requests_failed(run_: Run, kills: int) -> None:
+    """kill -9 loses what the worker was serving at that instant, as it would behind an ALB,
+    which does not retry: at most one request per thread per kill, each sent before the last
+    kill. Connections not yet accepted wait in the shared socket for the other workers."""
+    failures = run_.load.failures()
+    after = [r for r in failures if r.at > run_.fault_end + CLOCK_SLACK_S]
+    run_.check(not after, describe_failures(after, "sent after the last kill"))
+    most = kills * THREADS_PER_WORKER
+    run_.check(len(failures) <= most, describe_failures(failures, f"failed, more than {most}"))
 
 
 def vm_loss(run_: Run) -> None:
