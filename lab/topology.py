@@ -193,6 +193,10 @@ class Lab:
             " && install -d -m 700 -o deploy -g deploy ~deploy/.ssh"
             " && install -m 600 -o deploy -g deploy /dev/stdin ~deploy/.ssh/authorized_keys"
             " && echo 'deploy ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/deploy"
+            # What Ansible runs over SSH, at the lowest CPU priority (sshd's pam_limits): on
+            # AWS a deploy's pip and modules use the drained instance's own cores, not the
+            # ones serving. The app's workers are started by systemd, at the normal priority.
+            " && echo 'deploy - priority 19' > /etc/security/limits.d/deploy.conf"
         )
         docker("exec", "-i", container, "sh", "-c", setup,
                input=self.key.with_suffix(".pub").read_text())  # fmt: skip
