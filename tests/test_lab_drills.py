@@ -77,3 +77,23 @@ def test_the_committed_report_holds_a_run_of_every_drill():
     for drill in DRILLS:
         assert (REPO_ROOT / "docs" / "drills" / f"{drill.name}.png").is_file()
     assert "FAIL" not in report
+
+
+def test_a_deploys_ssh_session_runs_at_the_lowest_cpu_priority_and_the_workers_at_the_normal_one(
+    lab_env, drill_results
+):
+    """What a deploy runs on a VM must not compete with the VMs that serve (on AWS it uses the
+    drained instance's own cores), and the app it starts must not inherit that priority."""
+    state = Path(lab_env["LAB_STATE_DIR"])
+    vm = f"{lab_env['LAB_PREFIX']}-vm1"
+    port = run("docker", "port", vm, "22/tcp").stdout.splitlines()[0].rsplit(":", 1)[1]
+    session = run(
+        "ssh", "-p", port, "-i", str(state / "id_ed25519"),
+        "-o", f"UserKnownHostsFile={state / 'known_hosts'}", "-o", "BatchMode=yes",
+        "deploy@127.0.0.1", "ps -o ni= -p $$; sudo sh -c 'ps -o ni= -p $$'",
+    )  # fmt: skip
+    assert session.stdout.split() == ["19", "19"]
+    workers = run("docker", "exec", vm, "pgrep", "-u", "hello-app", "-f", "python -m app").stdout
+    assert workers.split(), "no worker runs on vm1"
+    nices = run("docker", "exec", vm, "ps", "-o", "ni=", "-p", ",".join(workers.split())).stdout
+    assert nices.split() == ["0"] * len(workers.split())
