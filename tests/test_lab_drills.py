@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from support import REPO_ROOT, free_port, require_command, run
 
+from lab.docker import published_port
 from lab.drills import DRILLS
 
 pytestmark = pytest.mark.lab
@@ -86,14 +87,13 @@ def test_a_deploys_ssh_session_runs_at_the_lowest_cpu_priority_and_the_workers_a
     drained instance's own cores), and the app it starts must not inherit that priority."""
     state = Path(lab_env["LAB_STATE_DIR"])
     vm = f"{lab_env['LAB_PREFIX']}-vm1"
-    port = run("docker", "port", vm, "22/tcp").stdout.splitlines()[0].rsplit(":", 1)[1]
     session = run(
-        "ssh", "-p", port, "-i", str(state / "id_ed25519"),
+        "ssh", "-p", str(published_port(vm, 22)), "-i", str(state / "id_ed25519"),
         "-o", f"UserKnownHostsFile={state / 'known_hosts'}", "-o", "BatchMode=yes",
         "deploy@127.0.0.1", "ps -o ni= -p $$; sudo sh -c 'ps -o ni= -p $$'",
     )  # fmt: skip
     assert session.stdout.split() == ["19", "19"]
-    workers = run("docker", "exec", vm, "pgrep", "-u", "hello-app", "-f", "python -m app").stdout
-    assert workers.split(), "no worker runs on vm1"
-    nices = run("docker", "exec", vm, "ps", "-o", "ni=", "-p", ",".join(workers.split())).stdout
-    assert nices.split() == ["0"] * len(workers.split())
+    processes = run("docker", "exec", vm, "ps", "-o", "ni=,args=", "-u", "hello-app").stdout
+    workers = [line.split()[0] for line in processes.splitlines() if "python -m app" in line]
+    assert workers, "no worker runs on vm1"
+    assert set(workers) == {"0"}, f"the workers' nice values: {workers}"
