@@ -154,10 +154,18 @@ def raw_exchange(port: int, payload: bytes, timeout: float = 5) -> bytes:
         return b"".join(chunks)
 
 
+# The pause between a LoadLoop thread's requests to a port that Docker publishes. There,
+# docker-proxy's connection to the container leaves a TIME_WAIT on the host's ephemeral ports
+# for 60 s per request. The default range holds 28,232 of them: unpaced, 4 threads open ~500
+# a second, and after a minute docker-proxy can connect no more and resets every client.
+# 4 threads at this pause make at most 200 a second, under half the range.
+PUBLISHED_PORT_PAUSE = 0.02
+
+
 class LoadLoop:
     """GET / on a new connection each time, from `threads` threads, until the `with` block
     ends (or `seconds`): counts the answers and records every failure. Traffic to 127.0.0.1
-    only."""
+    only. Through a port Docker publishes, pass pause=PUBLISHED_PORT_PAUSE."""
 
     def __init__(self, port: int, threads: int = 4, pause: float = 0.0, seconds: float = 60):
         self.port, self.pause, self.seconds = port, pause, seconds

@@ -26,6 +26,7 @@ from pathlib import Path
 import boto3
 import pytest
 from support import (
+    PUBLISHED_PORT_PAUSE,
     REPO_ROOT,
     LoadLoop,
     free_port,
@@ -96,7 +97,7 @@ class Fleet:
         log_path = self.inventory.parent / f"deploy-{self.deploys}.log"
         load = None
         if load_port:
-            load = LoadLoop(load_port, threads=4, pause=0.02, seconds=PLAY_TIMEOUT)
+            load = LoadLoop(load_port, threads=4, pause=PUBLISHED_PORT_PAUSE, seconds=PLAY_TIMEOUT)
         with log_path.open("w") as log, load or contextlib.nullcontext():
             play = subprocess.run(["bash", "-c", command], cwd=REPO_ROOT / "ansible", env=self.env,
                                   stdout=log, stderr=subprocess.STDOUT, timeout=PLAY_TIMEOUT,

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import REPO_ROOT, LoadLoop, http_request, run, wait_until
+from support import PUBLISHED_PORT_PAUSE, REPO_ROOT, LoadLoop, http_request, run, wait_until
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -64,7 +64,7 @@ def test_site_playbook_deploys_over_ssh_with_a_vaulted_secret_and_can_be_rolled_
     deploy(vm, home, "-e", "hello_app_version=1.0.0")
     # Traffic on new connections throughout: the workers restart one at a time, each once the
     # one before it serves again, and the socket stays open, so nothing may fail.
-    with LoadLoop(vm["http"], seconds=300) as during_deploy:
+    with LoadLoop(vm["http"], pause=PUBLISHED_PORT_PAUSE, seconds=300) as during_deploy:
         deploy(vm, home, "-e", "hello_app_version=1.0.1")
     assert during_deploy.answered > 0
     assert during_deploy.failed == []
@@ -89,7 +89,7 @@ def test_site_playbook_deploys_over_ssh_with_a_vaulted_secret_and_can_be_rolled_
         f"hello-app@{n}.service" for n in range(1, vcpus + 1)]  # fmt: skip
 
     # README's rollback: the previous release, on every host, one at a time; under load again.
-    with LoadLoop(vm["http"], seconds=300) as during_rollback:
+    with LoadLoop(vm["http"], pause=PUBLISHED_PORT_PAUSE, seconds=300) as during_rollback:
         rollback(vm, home)
     assert during_rollback.answered > 0
     assert during_rollback.failed == []
