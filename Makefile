@@ -109,9 +109,13 @@ $(CHECKOV_VENV)/.installed: infra/requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/requirements-checkov.txt
 	touch $@
 
+# checkov reads the templates with Fn::ForEach expanded (scripts/cfn_expand.py): without, it
+# sees no resource inside one.
 lint-infra: venv $(CHECKOV_VENV)/.installed
 	$(BIN)/cfn-lint infra/*.yaml
-	$(CHECKOV_VENV)/bin/checkov --directory infra --framework cloudformation --compact --quiet --skip-download
+	expanded="$$(mktemp -d)" && trap 'rm -rf "$$expanded"' EXIT && \
+	  $(BIN)/python scripts/cfn_expand.py "$$expanded" infra/*.yaml && \
+	  $(CHECKOV_VENV)/bin/checkov --directory "$$expanded" --framework cloudformation --compact --quiet --skip-download
 
 diagram: venv ## Render docs/architecture.png from docs/diagram.py (needs Graphviz).
 	@$(call require,dot,apt-get install graphviz)

@@ -33,6 +33,8 @@ The gaps, checked against moto 5.2.5:
   requires recreation when the resource type's CloudFormation schema (the copy cfn-lint
   ships) lists it as a create-only property. Only literal template changes are seen, not
   parameter-driven ones, which real CloudFormation evaluates "Dynamic";
+- AWS::LanguageExtensions is unknown, so a Fn::ForEach creates nothing: here every template
+  is read expanded, by cfn-lint's implementation of the transform (scripts/cfn_expand.py);
 - there is no SignalResource: here it checks the stack and the logical ID, as CloudFormation
   does, and records the signal as a stack event with CloudFormation's wording ("Received
   SUCCESS signal with UniqueId i-…"), which DescribeStackEvents then shows.
@@ -45,6 +47,7 @@ from typing import Any
 
 import moto.cloudformation.models
 import moto.cloudformation.responses
+from cfn_expand import expand
 from cfnlint.schema import PROVIDER_SCHEMA_MANAGER
 from moto.autoscaling.models import autoscaling_backends
 from moto.cloudformation.exceptions import ValidationError
@@ -483,6 +486,21 @@ def _diff_with_replacement(self):
 
 
 moto.cloudformation.models.ChangeSet.diff = _diff_with_replacement
+_parse_stack_template = moto.cloudformation.models.Stack.parse_template
+_parse_change_set_template = moto.cloudformation.models.ChangeSet._parse_template
+
+
+def _parse_stack_template_expanded(template):
+    return expand(_parse_stack_template(template))
+
+
+def _parse_change_set_template_expanded(self):
+    _parse_change_set_template(self)
+    self.template_dict = expand(self.template_dict)
+
+
+moto.cloudformation.models.Stack.parse_template = staticmethod(_parse_stack_template_expanded)
+moto.cloudformation.models.ChangeSet._parse_template = _parse_change_set_template_expanded
 
 
 if __name__ == "__main__":

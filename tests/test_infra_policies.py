@@ -1,7 +1,8 @@
 """The IAM policies and the stack policy in infra/, read from the templates themselves.
 
 cfn-lint's decoder reads the CloudFormation tags (!Sub, !Ref, !GetAtt) into their JSON form,
-so a statement here is exactly what CloudFormation receives.
+and scripts/cfn_expand.py expands Fn::ForEach, so a statement here is exactly what
+CloudFormation receives.
 """
 
 import json
@@ -11,6 +12,8 @@ import pytest
 import yaml
 from cfnlint.decode import decode
 from support import REPO_ROOT
+
+from scripts.cfn_expand import expand
 
 INFRA = REPO_ROOT / "infra"
 TEMPLATES = sorted(INFRA.glob("*.yaml"))
@@ -40,7 +43,7 @@ IAM_CHECKS = {f"CKV_AWS_{n}" for n in (40, 60, 61, 62, 63, 107, 108, 109, 110, 1
 def load(path):
     template, errors = decode(str(path))
     assert not errors, errors
-    return template
+    return expand(template)
 
 
 def as_list(value):
@@ -113,6 +116,19 @@ def test_the_deploy_role_may_not_modify_the_database_itself(setup):
     assert {"rds:ModifyDBInstance", "rds:ModifyDBCluster"} <= denied
 
 
+def test_both_deploy_roles_may_use_each_transform_the_app_template_declares(setup):
+    declared, errors = decode(str(APP))
+    assert not errors, errors
+    transforms = as_list(declared["Transform"])
+    assert transforms == ["AWS::LanguageExtensions"]
+    for role in ("DeployRole", "CloudFormationRole"):
+        statements = allowing(statements_of_role(setup, role), "cloudformation:CreateChangeSet")
+        resources = [resource for s in statements for resource in as_list(s["Resource"])]
+        for name in transforms:
+            arn = "arn:${AWS::Partition}:cloudformation:${AWS::Region}:aws:transform/"
+            assert {"Fn::Sub": arn + name.removeprefix("AWS::")} in resources, (role, name)
+
+
 def test_pass_role_is_scoped_to_a_role_and_a_service_everywhere():
     for where, statement in all_statements():
         if statement["Effect"] != "Allow" or "iam:PassRole" not in as_list(statement["Action"]):
@@ -127,12 +143,15 @@ def test_the_deploy_role_passes_only_the_service_role_and_only_to_cloudformation
     assert statement["Condition"] == {
         "StringEquals": {"iam:PassedToService": "cloudformation.amazonaws.com"}
     }
-    (change_sets,) = allowing(
-        statements_of_role(setup, "DeployRole"), "cloudformation:CreateChangeSet"
-    )
+    # A change set of a stack, only with the service role; the other resource of
+    # CreateChangeSet is the app template's transform.
+    statements = allowing(statements_of_role(setup, "DeployRole"), "cloudformation:CreateChangeSet")
+    (change_sets,) = [s for s in statements if ":stack/" in s["Resource"]["Fn::Sub"]]
     assert change_sets["Condition"] == {
         "StringEquals": {"cloudformation:RoleArn": {"Fn::GetAtt": ["CloudFormationRole", "Arn"]}}
     }
+    for statement in statements:
+        assert statement is change_sets or ":aws:transform/" in statement["Resource"]["Fn::Sub"]
 
 
 def test_the_deploy_role_has_no_iam_power_but_passing_the_service_role(setup):

@@ -203,6 +203,12 @@ def test_instances_reach_the_aws_apis_they_need_through_endpoints(moto_env, http
         assert sorted(endpoint["SubnetIds"]) == sorted(
             [resources["PrivateSubnetA"], resources["PrivateSubnetB"]]
         )
+    # Fn::ForEach writes them; under the logical IDs of the stacks made before it, since a new
+    # ID replaces the endpoint, and the new one's private DNS name clashes with the old one's.
+    names = ["Ssm", "SsmMessages", "Ec2Messages", "Logs", "SecretsManager", "CloudFormation",
+             "Monitoring"]  # fmt: skip
+    by_name = {resources[f"{name}Endpoint"] for name in names}
+    assert by_name == {endpoint["VpcEndpointId"] for endpoint in endpoints}
 
 
 def test_http_listener_forwards_to_a_target_group_checking_healthz(moto_env, http_stack):
