@@ -40,8 +40,7 @@ class App:
         self.port = free_port()
         env = {"PATH": os.environ["PATH"], "PORT": str(self.port), "DATABASE_URL": database_url}
         self.proc = subprocess.Popen(
-            # `-m app` from the tree's root imports that tree's app.
-            [sys.executable, "-m", "app"],
+            [sys.executable, *entry_point(tree)],
             cwd=tree,
             env=env,
             stdout=subprocess.DEVNULL,  # a line per request: far too many to keep
@@ -56,6 +55,14 @@ class App:
     def stop(self):
         self.proc.terminate()
         self.proc.wait(timeout=30)
+
+
+def entry_point(tree: Path) -> list[str]:
+    """How the tree's revision ran its app: `-m app` from its root since 28b7d89, which
+    imports that tree's app; before it, the script app/main.py."""
+    if (tree / "app" / "__main__.py").exists():
+        return ["-m", "app"]
+    return [str(tree / "app" / "main.py")]
 
 
 def request(port: int, method: str, path: str, timeout: float = 30) -> tuple[int, float]:
