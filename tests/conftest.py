@@ -43,7 +43,7 @@ def pytest_runtest_makereport(item, call):
 # These take minutes each (`--durations` in .ci/run), so they go first: none is left to start
 # at the end while the other workers sit idle. The lab's files go last, as they run alone.
 SLOWEST_FILES = (
-    "test_fresh_machine.py",  # 7 min
+    "test_fresh_machine.py",  # 7 min alone: make test as two users
     "test_ansible_load_balancer.py",  # 4 min
     "test_ansible_molecule.py",  # 4 min
     "test_ansible_ssh.py",  # 2.5 min

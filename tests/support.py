@@ -34,6 +34,19 @@ def require_command(command: str, package: str) -> str:
     return path
 
 
+def compose_command() -> list[str]:
+    """COMPOSE from the environment, else docker-compose (v1, as the exercise names it),
+    else the `docker compose` plugin (v2)."""
+    if os.environ.get("COMPOSE"):
+        return os.environ["COMPOSE"].split()
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    plugin = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
+    if plugin.returncode != 0:
+        require_command("docker-compose", "docker-compose")
+    return ["docker", "compose"]
+
+
 def path_without(directory: Path, *commands: str) -> str:
     """A PATH that offers every command of this one except `commands`: the same machine as
     far as a script can tell, but without those tools installed."""
@@ -304,15 +317,20 @@ class PostgresCluster:
     def url(self) -> str:
         return f"postgresql://{self.USER}:{self.PASSWORD}@127.0.0.1:{self.port}/postgres"
 
-    @classmethod
-    def create_or_skip(cls) -> "PostgresCluster":
+    @staticmethod
+    def server_bindir() -> Path:
+        """Where pg_ctl and initdb are; skips, naming the package, when they are not."""
         # Debian keeps the server binaries off PATH, in /usr/lib/postgresql/<version>/bin.
         candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), reverse=True)
         if shutil.which("pg_ctl"):
             candidates.insert(0, Path(shutil.which("pg_ctl")))
         if not candidates:
             require_command("pg_ctl", "postgresql")
-        cluster = cls(candidates[0].resolve().parent)
+        return candidates[0].resolve().parent
+
+    @classmethod
+    def create_or_skip(cls) -> "PostgresCluster":
+        cluster = cls(cls.server_bindir())
         cluster._initdb()
         return cluster
 

@@ -5,7 +5,9 @@ drill (tests/test_lab_drills.py).
 
 The hosts here are names for 127.0.0.1 on a port where nothing listens: reaching one fails at
 once, and says so in Ansible's output ("UNREACHABLE"), so the output shows which hosts the
-play tried to touch, and in what order.
+play tried to touch, and in what order. That word comes from the ssh connection plugin, so these
+tests need an SSH client: without one, Ansible fails every host the same way before connecting,
+and no test here could tell a host that was tried from one that was not.
 """
 
 import os
@@ -14,12 +16,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import REPO_ROOT, free_port
+from support import REPO_ROOT, free_port, require_command
 
 VENV_BIN = Path(sys.executable).parent
 
 
 def site_yml(tmp_path, hosts: list[str], *extra: str) -> str:
+    require_command("ssh", "openssh-client")
     closed_port = free_port()
     inventory = tmp_path / "hosts.ini"
     inventory.write_text(

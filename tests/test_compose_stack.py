@@ -7,28 +7,21 @@ developer's stack, and removes its containers and volumes at the end.
 import json
 import os
 import secrets
-import shutil
 import subprocess
 
 import pytest
-from support import REPO_ROOT, free_port, http_request, require_command, wait_until
+from support import (
+    REPO_ROOT,
+    compose_command,
+    free_port,
+    http_request,
+    require_command,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(900)
 
 HEALTH_TIMEOUT = 90
-
-
-def compose_command() -> list[str]:
-    """COMPOSE from the environment, else docker-compose (v1, as the exercise names it),
-    else the `docker compose` plugin (v2)."""
-    if os.environ.get("COMPOSE"):
-        return os.environ["COMPOSE"].split()
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    plugin = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
-    if plugin.returncode != 0:
-        require_command("docker-compose", "docker-compose")
-    return ["docker", "compose"]
 
 
 class Stack:

@@ -5,7 +5,12 @@ written.
 The machine is a container of FRESH_MACHINE_IMAGE (CI's matrix on GitHub: debian:12 and
 ubuntu:24.04), else debian:12 when it can be pulled, else its offline stand-in built from
 Debian's packages (scripts/images/debian12). The clone is of this repository's HEAD, so commit
-what you want tried. The commands run as an ordinary user, not root.
+what you want tried.
+
+The requirements go in without recommends, the way container images and CI job images install
+packages: on Debian `git` recommends `openssh-client`, and with it installed a test that needs
+`ssh` without saying so would pass here and fail there. The commands run both as an ordinary
+user and as root, each in a clone of its own.
 """
 
 import os
@@ -20,7 +25,8 @@ from support import REPO_ROOT, http_request, require_command, wait_until
 README = REPO_ROOT / "README.md"
 PUBLIC_IMAGE = "debian:12"
 USER = "newuser"
-CLONE = f"/home/{USER}/hello-ha"
+USERS = [USER, "root"]
+HOMES = {USER: f"/home/{USER}", "root": "/root"}
 SUMMARY = re.compile(r"^=+ (.*) in [0-9.]+s.* =+$", re.MULTILINE)
 # The reason support.require_command gives: the tool, and the package that provides it.
 SKIP_NAMING_ITS_PACKAGE = re.compile(
@@ -54,15 +60,25 @@ def bare_image(docker) -> str:
     return PUBLIC_IMAGE if present_or_pulled(PUBLIC_IMAGE) else standin_image("debian12")
 
 
+def clone_of(user: str) -> str:
+    return f"{HOMES[user]}/hello-ha"
+
+
 class Machine:
-    """A running container that plays the new user's machine."""
+    """A running container that plays the new user's machine, as seen by one of its users."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, user: str = USER):
         self.name = name
+        self.user = user
 
-    def run(self, command: str, user: str = USER, workdir: str = CLONE, timeout: float = 600):
+    def as_user(self, user: str) -> "Machine":
+        return Machine(self.name, user)
+
+    def run(self, command: str, workdir: str = "", timeout: float = 600):
+        """Runs `command` as this machine's user, by default in that user's clone."""
+        workdir = workdir or clone_of(self.user)
         return subprocess.run(
-            ["docker", "exec", "-u", user, "-w", workdir, self.name, "bash", "-c", command],
+            ["docker", "exec", "-u", self.user, "-w", workdir, self.name, "bash", "-c", command],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -75,8 +91,9 @@ class Machine:
 
 
 @pytest.fixture(scope="module")
-def machine(bare_image, tmp_path_factory):
-    """The bare machine with the README's requirements installed and a clean clone in $HOME."""
+def bare_machine(bare_image, tmp_path_factory):
+    """The bare machine with the README's requirements installed, and a clean clone in the
+    home of each of its users."""
     require_command("git", "git")
     clone = tmp_path_factory.mktemp("fresh") / "hello-ha"
     subprocess.run(["git", "clone", "--quiet", REPO_ROOT, clone], check=True, timeout=120)
@@ -90,19 +107,27 @@ def machine(bare_image, tmp_path_factory):
     try:
         box = Machine(name)
         install, _ = readme_opening()
-        setup = box.run(
+        bare_install = install.replace(
+            "apt-get install", "apt-get install -y -qq --no-install-recommends"
+        )
+        setup = box.as_user("root").run(
             "export DEBIAN_FRONTEND=noninteractive && apt-get update -qq"
-            f" && {install.replace('apt-get install', 'apt-get install -y -qq')}"
-            f" && useradd --create-home {USER}",
-            user="root",
+            f" && {bare_install} && useradd --create-home {USER}",
             workdir="/",
         )
         assert setup.returncode == 0, f"{install} failed:\n{setup.stdout[-3000:]}{setup.stderr}"
-        copy = box.run(f"cp -R /src {CLONE}", workdir="/")
-        assert copy.returncode == 0, copy.stderr
+        for user in USERS:
+            copy = box.as_user(user).run(f"cp -R /src {clone_of(user)}", workdir="/")
+            assert copy.returncode == 0, copy.stderr
         yield box
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+
+
+@pytest.fixture(params=USERS)
+def machine(bare_machine, request) -> Machine:
+    """The bare machine, as an ordinary user and as root."""
+    return bare_machine.as_user(request.param)
 
 
 def test_the_readme_opens_with_start_sh_and_make_test():

@@ -22,6 +22,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest  # support.py reports a missing tool as pytest's skip
+
 ROOT = Path(__file__).resolve().parents[2]
 # The helpers the tests use to drive the app (support.py) drive it here too.
 sys.path.insert(0, str(ROOT / "tests"))
@@ -40,8 +42,7 @@ class App:
         self.port = free_port()
         env = {"PATH": os.environ["PATH"], "PORT": str(self.port), "DATABASE_URL": database_url}
         self.proc = subprocess.Popen(
-            # `-m app` from the tree's root imports that tree's app.
-            [sys.executable, "-m", "app"],
+            [sys.executable, *entry_point(tree)],
             cwd=tree,
             env=env,
             stdout=subprocess.DEVNULL,  # a line per request: far too many to keep
@@ -56,6 +57,14 @@ class App:
     def stop(self):
         self.proc.terminate()
         self.proc.wait(timeout=30)
+
+
+def entry_point(tree: Path) -> list[str]:
+    """How the tree's revision ran its app: `-m app` from its root since 28b7d89, which
+    imports that tree's app; before it, the script app/main.py."""
+    if (tree / "app" / "__main__.py").exists():
+        return ["-m", "app"]
+    return [str(tree / "app" / "main.py")]
 
 
 def request(port: int, method: str, path: str, timeout: float = 30) -> tuple[int, float]:
@@ -150,11 +159,27 @@ def fresh_database(cluster: PostgresCluster, name: str, visits: int = 0) -> str:
     return url
 
 
-def main() -> None:
-    baseline = Path(tempfile.mkdtemp(prefix="hello-baseline-")) / "tree"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(baseline),
+def baseline_worktree() -> Path:
+    """BASELINE checked out into a temporary worktree. A shallow clone lacks it."""
+    known = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{BASELINE}^{{commit}}"],
+                           capture_output=True, check=False)  # fmt: skip
+    if known.returncode != 0:
+        raise SystemExit(
+            f"make bench: the baseline {BASELINE} is not in this clone; fetch the whole history"
+            " (git fetch --unshallow) or name another revision in BENCH_BASELINE"
+        )
+    tree = Path(tempfile.mkdtemp(prefix="hello-baseline-")) / "tree"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree),
                     BASELINE], check=True)  # fmt: skip
-    cluster = PostgresCluster.create_or_skip()
+    return tree
+
+
+def main() -> None:
+    try:
+        cluster = PostgresCluster.create_or_skip()
+    except pytest.skip.Exception as missing:  # support's way to say a tool is missing
+        raise SystemExit(f"make bench: {missing.msg}") from None
+    baseline = baseline_worktree()
     cluster.start()
     trees = {"now": ROOT, "baseline": baseline}
     try:

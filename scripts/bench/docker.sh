@@ -12,7 +12,6 @@ REPO_ROOT="$PWD"
 source scripts/bench/lib.sh
 
 log() { printf '==> %s\n' "$*" >&2; }
-seconds_since() { awk -v start="$1" -v end="$(now)" 'BEGIN { printf "%.1f", end - start }'; }
 
 PROJECT="hello-bench-$$"
 IMAGE="hello-bench-app:$$"

@@ -44,7 +44,7 @@ for _ in $(seq "$RUNS"); do
   read -r a_rps a_p99 < <(measure "$app_port")
   read -r r_rps _ < <(measure "$raw_port")
   app_rps+=("$a_rps") app_p99+=("$a_p99") raw_rps+=("$r_rps")
-  ratios+=("$(echo "scale=3; $a_rps / $r_rps" | bc)")
+  ratios+=("$(ratio "$a_rps" "$r_rps")")
 done
 
 printf 'GET / on the app (waitress, 1 process, 4 threads), wrk -t2 -c50 -d%s, %d runs:\n' "$DURATION" "$RUNS"

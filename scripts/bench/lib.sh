@@ -12,3 +12,9 @@ free_port() {
 
 # Seconds since the epoch, with nanoseconds.
 now() { date +%s.%N; }
+
+# Seconds since START (a `now`), to the millisecond. awk, not bc: a bare machine lacks bc.
+seconds_since() { awk -v start="$1" -v end="$(now)" 'BEGIN { printf "%.3f", end - start }'; }
+
+# A / B, to three decimals.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }

@@ -15,7 +15,7 @@ for _ in $(seq "$RUNS"); do
   started="$(now)"
   PORT="$port" "$ROOT/start.sh" >/dev/null
   curl -fsS -o /dev/null "http://127.0.0.1:$port/"
-  samples+=("$(echo "$(now) - $started" | bc)")
+  samples+=("$(seconds_since "$started")")
   PORT="$port" "$ROOT/start.sh" stop >/dev/null
 done
 printf 'start.sh to first 200: median %.3f s over %d runs (goal <= 1 s); samples: %s\n' \
