@@ -23,6 +23,7 @@ stdin, never through a command line that `ps` would show.
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import time
@@ -494,6 +495,17 @@ REVOKE ALL ON DATABASE {DATABASE} FROM PUBLIC;
         if exists != "t":
             return 0
         return int(self.psql("SELECT visits FROM visit_count WHERE id = 1", database=DATABASE))
+
+    def stored_keys(self, prefix: str) -> set[str]:
+        """The Idempotency-Keys starting with `prefix` whose visits the primary holds."""
+        if not re.fullmatch(r"[A-Za-z0-9-]+", prefix):
+            raise ValueError(f"not a key prefix: {prefix!r}")
+        exists = self.psql("SELECT to_regclass('public.visit_keys') IS NOT NULL", database=DATABASE)
+        if exists != "t":
+            return set()
+        query = f"SELECT key FROM visit_keys WHERE key LIKE '{prefix}-%'"  # noqa: S608 - checked
+        rows = self.psql(query, database=DATABASE)
+        return set(rows.split())
 
     def is_synchronous(self) -> bool:
         """Whether the standby streams as synchronous standby, so commits are on both."""

@@ -24,8 +24,10 @@ from urllib.parse import urlsplit
 import gevent
 from locust import HttpUser, events, task
 
-# The columns of the per-request CSV; lab/load.py reads them back.
-REQUEST_FIELDS = ("at", "method", "path", "status", "latency_ms", "ok", "error")
+# The columns of the per-request CSV; lab/load.py reads them back. A POST /visits also has
+# its Idempotency-Key and what the client learned of the write (WRITE_OUTCOMES).
+REQUEST_FIELDS = ("at", "method", "path", "status", "latency_ms", "ok", "error", "key", "write")
+WRITE_OUTCOMES = ("acknowledged", "rejected", "unknown")
 LOOPBACK = "127.0.0.1"
 
 
@@ -46,6 +48,13 @@ def add_arguments(parser):
         help="Seconds before a request counts as failed with status 0 (default 5)",
         include_in_web_ui=False,
     )
+    parser.add_argument(
+        "--key-prefix",
+        env_var="LAB_KEY_PREFIX",
+        default="load",
+        help="Each POST /visits sends the Idempotency-Key PREFIX-N, N counting from 0",
+        include_in_web_ui=False,
+    )
 
 
 class RequestRecorder:
@@ -60,6 +69,7 @@ class RequestRecorder:
     def record(self, request_type, name, response_time, response, exception, **meta):
         url = meta.get("url") or name
         status = getattr(response, "status_code", 0) or 0
+        key = (meta.get("context") or {}).get("key", "")
         self.writer.writerow(
             (
                 f"{meta.get('start_time') or 0:.6f}",
@@ -69,11 +79,27 @@ class RequestRecorder:
                 f"{response_time:.1f}",
                 int(exception is None),
                 "" if exception is None else short_error(exception),
+                key,
+                write_outcome(response, status) if key else "",
             )
         )
 
     def close(self, **_):
         self.file.close()
+
+
+def write_outcome(response, status: int) -> str:
+    """What the client learned of its write: a 201 acknowledged it; no answer, or a 503 that
+    says the COMMIT went unanswered, leaves it unknown; any other answer rejected it."""
+    if status == 201:
+        return "acknowledged"
+    if status == 0:
+        return "unknown"
+    try:
+        unknown = status == 503 and response.json().get("outcome") == "unknown"
+    except (ValueError, AttributeError):
+        unknown = False
+    return "unknown" if unknown else "rejected"
 
 
 def short_error(exception: BaseException) -> str:
@@ -112,6 +138,7 @@ class AppUser(HttpUser):
     """A client of the app: one request a second, each answer checked."""
 
     _started = itertools.count()
+    _keys = itertools.count()  # one Locust process: the keys are unique within a run
 
     def on_start(self):
         self.timeout = self.environment.parsed_options.request_timeout
@@ -144,8 +171,16 @@ class AppUser(HttpUser):
 
     @task
     def record_visit(self):
+        # Every write carries its own key, so that afterwards the drill can ask the database
+        # which acknowledged writes it kept and which rejected ones it counted.
+        key = f"{self.environment.parsed_options.key_prefix}-{next(self._keys)}"
         post = self.client.post(
-            "/visits", name="POST /visits", catch_response=True, timeout=self.timeout
+            "/visits",
+            name="POST /visits",
+            catch_response=True,
+            timeout=self.timeout,
+            headers={"Idempotency-Key": key},
+            context={"key": key},
         )
         with post as response:
             expect(response, 201, has_visit_count)
