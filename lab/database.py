@@ -8,6 +8,9 @@ Multi-AZ, driven through the docker CLI.
   reconnect on the app's network) never cuts it.
 - Commits wait for the standby (synchronous_commit=on and synchronous_standby_names naming
   it): a commit the app saw acknowledged is on both servers.
+- `<prefix>standby-watch` does what RDS does when the standby is lost (standby_watch.sh):
+  after the detection window, commits stop waiting for it; once a standby has caught up,
+  they wait again.
 - The app logs in as one of two login roles that both act as the NOLOGIN role owning its
   tables, so its password can be rotated without a failed request ("alternating users").
 
@@ -75,8 +78,11 @@ primary_conninfo = '$conninfo password=$PGPASSWORD'
 synchronous_standby_names = ''
 EOF
 fi
-exec postgres -c cluster_name="$2"
+# Replies every second, not every 10 s: the primary's reply_time tells a silent standby.
+exec postgres -c cluster_name="$2" -c wal_receiver_status_interval=1
 """
+WATCH_SCRIPT = (Path(__file__).parent / "standby_watch.sh").read_text()
+WATCHER = "standby-watch"
 
 
 class DatabaseError(LabError):
@@ -108,9 +114,12 @@ class DatabasePair:
         app_network: str,
         replication_network: str,
         state_dir: Path,
+        standby_detection_s: float,
         timeout: float = 120,
     ):
         self.image = image
+        # How long the standby may stay silent before commits stop waiting for it.
+        self.standby_detection_s = standby_detection_s
         self.prefix = prefix
         self.app_network = app_network
         self.replication_network = replication_network
@@ -296,6 +305,26 @@ class DatabasePair:
         self._docker("network", "connect", self.app_network, name)
         self._docker("start", name)
 
+    def _ensure_watcher(self) -> None:
+        name = self._container(WATCHER)
+        status = self._status(name)
+        if status is None:
+            self._docker(
+                "create", "--name", name, *self._labels(), "--user", "postgres",
+                "--network", self.replication_network, "-e", "PGPASSWORD",
+                "--entrypoint", "sh", self.image, "-c", WATCH_SCRIPT, "sh",
+                str(self.standby_detection_s), *(self._container(m) for m in MEMBERS),
+                env={"PGPASSWORD": self._state["superuser_password"]},
+            )  # fmt: skip
+        if status == "paused":
+            self._docker("unpause", name)
+        elif status != "running":
+            self._docker("start", name)
+
+    def watcher_log(self) -> str:
+        """What the standby watcher changed, one line per change."""
+        return self._docker("logs", self._container(WATCHER), check=False).stdout
+
     def _wait_accepting(self, container: str) -> None:
         def accepting() -> bool:
             self._fail_if_exited(container)
@@ -395,6 +424,7 @@ REVOKE ALL ON DATABASE {DATABASE} FROM PUBLIC;
             self._require_sync()
         else:
             self.rebuild_standby()
+        self._ensure_watcher()
 
     def rebuild_standby(self) -> None:
         """Replace the standby (after a failover: the fenced old primary) with a fresh copy
@@ -455,6 +485,13 @@ REVOKE ALL ON DATABASE {DATABASE} FROM PUBLIC;
 
     def unpause_primary(self) -> None:
         self._docker("unpause", self.primary)
+
+    def pause_standby(self) -> None:
+        """Freeze the standby, as a lost standby looks to the primary: no more replies."""
+        self._docker("pause", self.standby)
+
+    def unpause_standby(self) -> None:
+        self._docker("unpause", self.standby)
 
     def rotate_app_credentials(self) -> str:
         """Give the login role the app does not use a new password and make it the active
