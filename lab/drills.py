@@ -29,6 +29,7 @@ from lab.report import (
 from lab.topology import (
     HEALTH_CHECK,
     HEALTH_CHECK_SCALE,
+    STANDBY_DETECTION_S,
     VM_NAMES,
     WORKERS_PER_VM,
     Lab,
@@ -48,6 +49,11 @@ FAILOVER_VISITS_BACK_S = 15
 BROWNOUT_S = 60
 BROWNOUT_VISITS_BACK_S = 10
 BROWNOUT_HEALTHZ_P99_MS = 1000
+# RDS keeps the primary writable when it loses the standby: /visits is back once the lab's
+# watcher has stopped waiting for it (lab/standby_watch.sh), plus this.
+STANDBY_LOSS_S = 30
+STANDBY_LOSS_VISITS_BACK_S = 5
+STANDBY_SYNC_AGAIN_S = 20
 # The role's units allow 5 starts in 60 s (StartLimitBurst); the 6th kill should end the loop.
 CRASH_LOOP_MAX_KILLS = 10
 
@@ -227,11 +233,23 @@ def bad_release(run_: Run) -> None:
 
 def worker_crash(run_: Run) -> None:
     lab = run_.lab
-    run_.fault(lambda: lab.exec("vm1", "systemctl", "kill", "--signal=KILL", "hello-app@1.service"))
+    worker = "hello-app@1.service"
+    pid, restarts = vm1_unit_pid_and_restarts(lab, worker)
+    run_.fault(lambda: lab.exec("vm1", "systemctl", "kill", "--signal=KILL", worker))
     time.sleep(SETTLE)
-    run_.check(vm1_unit_state(lab, "hello-app@1.service") == "active",
-               "systemd did not start worker 1 again")  # fmt: skip
+    # systemd's Restart=on-failure, not the socket's next connection, started it again: a
+    # new process, and one more restart counted.
+    new_pid, new_restarts = vm1_unit_pid_and_restarts(lab, worker)
+    run_.check(vm1_unit_state(lab, worker) == "active", "worker 1 is not active again")
+    run_.check(new_pid not in (0, pid), f"worker 1's PID is {new_pid}, was {pid}")
+    run_.check(new_restarts == restarts + 1, f"NRestarts went {restarts} to {new_restarts}")
     check_only_killed_requests_failed(run_, kills=1)
+
+
+def vm1_unit_pid_and_restarts(lab: Lab, unit: str) -> tuple[int, int]:
+    shown = lab.exec("vm1", "systemctl", "show", "-p", "MainPID", "-p", "NRestarts", unit)
+    values = dict(line.split("=", 1) for line in shown.stdout.split())
+    return int(values["MainPID"]), int(values["NRestarts"])
 
 
 def worker_crash_loop(run_: Run) -> None:
@@ -341,6 +359,29 @@ def database_brownout(run_: Run) -> None:
     run_.rto_s = max(0.0, (window[1] if window else run_.fault_end) - run_.fault_end)
 
 
+def standby_loss(run_: Run) -> None:
+    lab = run_.lab
+    database = lab.database
+
+    def lose_standby():
+        database.pause_standby()
+        time.sleep(STANDBY_LOSS_S)
+        database.unpause_standby()
+
+    run_.fault(lose_standby)
+    try:
+        wait_until(database.is_synchronous, STANDBY_SYNC_AGAIN_S, "synchronous commits again")
+    except LabError as error:
+        run_.reasons.append(f"after the standby returned: {error}")
+    run_.check(run_.failed("/") == 0, f"{run_.failed('/')} GET / failed")
+    back_by = run_.fault_start + database.standby_detection_s + STANDBY_LOSS_VISITS_BACK_S
+    late = run_.load.failures("/visits", since=back_by)
+    after = f"failed {back_by - run_.fault_start:.0f} s after the standby's loss or later"
+    run_.check(not late, describe_failures(late, after))
+    window = run_.load.error_window("/visits")
+    run_.rto_s = (window[1] - run_.fault_start) if window else 0.0
+
+
 def credentials_rotation(run_: Run) -> None:
     lab = run_.lab
 
@@ -427,6 +468,16 @@ DRILLS = [
         seconds=150,
     ),
     Drill(
+        "standby-loss",
+        f"A standby lost for {STANDBY_LOSS_S} s holds writes only until RDS's detection window"
+        f" ends: /visits is back within {STANDBY_DETECTION_S:g} + {STANDBY_LOSS_VISITS_BACK_S} s,"
+        " no acknowledged write is lost, / never fails, no VM leaves, and commits are"
+        " synchronous again once the standby is back.",
+        f"docker pause of the standby for {STANDBY_LOSS_S} s",
+        standby_loss,
+        seconds=120,
+    ),
+    Drill(
         "credentials-rotation",
         "A new database password reaches every VM through its URL file with no failed request"
         " (alternating users).",
@@ -436,7 +487,9 @@ DRILLS = [
     ),
 ]
 # Drills whose hypothesis includes "no VM leaves the load balancer".
-KEEP_EVERY_VM = {"worker-crash", "database-failover", "database-brownout", "credentials-rotation"}
+KEEP_EVERY_VM = {
+    "worker-crash", "database-failover", "database-brownout", "standby-loss", "credentials-rotation"
+}  # fmt: skip
 
 
 def run_drill(lab: Lab, drill: Drill, out_dir: Path, timeline: Path) -> DrillResult:
@@ -454,6 +507,12 @@ def run_drill(lab: Lab, drill: Drill, out_dir: Path, timeline: Path) -> DrillRes
         except (LabError, OSError) as error:
             run_.reasons.append(f"the drill itself failed: {error}")
         time.sleep(SETTLE)
+    # A load that stopped early would make any stall after it look like a success.
+    last_sent = load.requests[-1].at if load.requests else 0.0
+    run_.check(
+        last_sent >= run_.fault_end + SETTLE - 1,
+        f"the load stopped {run_.fault_end + SETTLE - last_sent:.1f} s before the drill's end",
+    )
     run_.check(
         len(membership.samples) > 10 * len(membership.errors),
         f"HAProxy's state could not be read: {membership.errors[:3]}",
