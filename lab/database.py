@@ -305,21 +305,17 @@ class DatabasePair:
         self._docker("network", "connect", self.app_network, name)
         self._docker("start", name)
 
-    def _ensure_watcher(self) -> None:
+    def _start_watcher(self) -> None:
+        """A new watcher each time: it keeps no state, and so runs today's script."""
         name = self._container(WATCHER)
-        status = self._status(name)
-        if status is None:
-            self._docker(
-                "create", "--name", name, *self._labels(), "--user", "postgres",
-                "--network", self.replication_network, "-e", "PGPASSWORD",
-                "--entrypoint", "sh", self.image, "-c", WATCH_SCRIPT, "sh",
-                str(self.standby_detection_s), *(self._container(m) for m in MEMBERS),
-                env={"PGPASSWORD": self._state["superuser_password"]},
-            )  # fmt: skip
-        if status == "paused":
-            self._docker("unpause", name)
-        elif status != "running":
-            self._docker("start", name)
+        self._docker("rm", "-f", name, check=False)
+        self._docker(
+            "run", "--detach", "--name", name, *self._labels(), "--user", "postgres",
+            "--network", self.replication_network, "-e", "PGPASSWORD",
+            "--entrypoint", "sh", self.image, "-c", WATCH_SCRIPT, "sh",
+            str(self.standby_detection_s), *(self._container(m) for m in MEMBERS),
+            env={"PGPASSWORD": self._state["superuser_password"]},
+        )  # fmt: skip
 
     def watcher_log(self) -> str:
         """What the standby watcher changed, one line per change."""
@@ -424,7 +420,7 @@ REVOKE ALL ON DATABASE {DATABASE} FROM PUBLIC;
             self._require_sync()
         else:
             self.rebuild_standby()
-        self._ensure_watcher()
+        self._start_watcher()
 
     def rebuild_standby(self) -> None:
         """Replace the standby (after a failover: the fenced old primary) with a fresh copy

@@ -19,7 +19,8 @@ value() {
     -c "SET statement_timeout = '2s'" -c "$2" 2>/dev/null || true
 }
 
-# The member that answers and is not in recovery.
+# The first of HOST... that answers and is not in recovery. The caller names the last
+# primary first: asking a paused standby first would cost its 2 s timeout on every check.
 primary() {
   for host in "$@"; do
     if [ "$(value "$host" 'SELECT pg_is_in_recovery()')" = f ]; then
@@ -36,8 +37,10 @@ require() {
 }
 
 silent_checks=0
+host=""
 while :; do
-  host=$(primary "$@")
+  # shellcheck disable=SC2086 # $host is one name or none
+  host=$(primary $host "$@")
   if [ -n "$host" ]; then
     required=$(value "$host" 'SHOW synchronous_standby_names')
     heard=$(value "$host" "SELECT application_name FROM pg_stat_replication
@@ -61,5 +64,5 @@ while :; do
       require "$host" "$caught_up" "the standby has caught up"
     fi
   fi
-  sleep 1
+  sleep 0.5
 done
