@@ -101,7 +101,8 @@ class Load:
         seconds: float = 60,
         rate: int = 40,
         host: str = LOOPBACK,
-        request_timeout: float = 5.0,
+        # Above the app's own bounds (DB_TIMEOUT_SECONDS), below the ALB's 60 s idle timeout.
+        request_timeout: float = 10.0,
     ):
         if host != LOOPBACK:
             raise ValueError(f"the lab sends load to {LOOPBACK} only, not to {host!r}")
