@@ -489,6 +489,25 @@ REVOKE ALL ON DATABASE {DATABASE} FROM PUBLIC;
     def unpause_standby(self) -> None:
         self._docker("unpause", self.standby)
 
+    def slow_writes(self, seconds: float) -> None:
+        """Make every insert into visits take `seconds` longer, on the server: a database
+        slower than normal, but under the app's timeout."""
+        self.psql(
+            "CREATE OR REPLACE FUNCTION lab_slow_write() RETURNS trigger LANGUAGE plpgsql AS"
+            f" $$BEGIN PERFORM pg_sleep({float(seconds)}); RETURN NEW; END$$;\n"
+            "DROP TRIGGER IF EXISTS lab_slow_write ON visits;\n"
+            "CREATE TRIGGER lab_slow_write BEFORE INSERT ON visits"
+            " FOR EACH ROW EXECUTE FUNCTION lab_slow_write();",
+            database=DATABASE,
+        )
+
+    def normal_writes(self) -> None:
+        self.psql(
+            "DROP TRIGGER IF EXISTS lab_slow_write ON visits;\n"
+            "DROP FUNCTION IF EXISTS lab_slow_write();",
+            database=DATABASE,
+        )
+
     def rotate_app_credentials(self) -> str:
         """Give the login role the app does not use a new password and make it the active
         one; return the new URL. The previous role keeps working until

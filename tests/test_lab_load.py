@@ -151,6 +151,7 @@ def drill_results(tmp_path) -> list[DrillResult]:
             unknown=2,
             error_window_s=3.5,
             rto_s=4.0,
+            full_service_s=4.5,
             rpo="0",
             passed=True,
             reasons=[],
@@ -167,6 +168,7 @@ def drill_results(tmp_path) -> list[DrillResult]:
             unknown=0,
             error_window_s=2.0,
             rto_s=None,
+            full_service_s=None,
             rpo="n/a",
             passed=False,
             reasons=["7 requests failed; the budget is 0"],
@@ -190,7 +192,10 @@ def test_markdown_report_has_a_row_per_drill_linking_its_timeline(tmp_path):
     text = report.read_text()
 
     assert "make drills" in text and "2 cores, 23.5 GiB" in text and "lab up: 95 s" in text
-    assert "| drill | requests | failed | unknown | error window | RTO | RPO | pass |" in text
+    assert (
+        "| drill | requests | failed | unknown | error window | RTO | full service | RPO | pass |"
+        in text
+    )
     rows = [line for line in text.splitlines() if line.startswith("| [") or "| bad-deploy" in line]
     assert len(rows) == 2, text
     assert "[db-failover](drills/db-failover.png)" in rows[0] and "| pass |" in rows[0]
@@ -209,8 +214,13 @@ def test_table_lines_up_its_columns(tmp_path, capsys):
         return [line[start:end].strip() for start, end in spans]
 
     assert cells(header) == [
-        "drill", "requests", "failed", "unknown", "error window", "RTO", "RPO", "pass"
+        "drill", "requests", "failed", "unknown", "error window", "RTO", "full service", "RPO",
+        "pass",
     ]  # fmt: skip
-    assert cells(rows[0]) == ["db-failover", "80", "8", "2", "3.5 s", "4.0 s", "0", "pass"]
-    assert cells(rows[1]) == ["bad-deploy", "120", "7", "0", "2.0 s", "n/a", "n/a", "FAIL"]
+    assert cells(rows[0]) == [
+        "db-failover", "80", "8", "2", "3.5 s", "4.0 s", "4.5 s", "0", "pass"
+    ]  # fmt: skip
+    assert cells(rows[1]) == [
+        "bad-deploy", "120", "7", "0", "2.0 s", "n/a", "n/a", "n/a", "FAIL"
+    ]  # fmt: skip
     assert note == "suite: 4 min"
