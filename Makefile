@@ -66,7 +66,7 @@ lint-python: venv
 lint-shell: venv
 	$(BIN)/shellcheck --external-sources start.sh .ci/run scripts/bench/*.sh \
 	  scripts/compose_smoke.sh $(wildcard scripts/images/*.sh scripts/images/*/*.sh) \
-	  packer/validate-offline.sh infra/deploy.sh infra/drill.sh
+	  packer/validate-offline.sh infra/deploy.sh infra/drill.sh lab/standby_watch.sh
 
 lint-workflows: venv
 	$(BIN)/zizmor --offline .github/workflows/

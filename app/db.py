@@ -1,6 +1,7 @@
 """The visits store: PostgreSQL or SQLite, chosen by DATABASE_URL.
 
-Every operation opens its own short-lived connection, bounded by a timeout. That keeps
+Every operation opens its own short-lived connection, and on PostgreSQL every round trip of
+it, COMMIT included, ends by a client-side deadline (app/deadline.py). That keeps
 failure handling trivial: there is no pool to go stale, so when the database comes back the
 next request simply works. At this app's load the cost of a connection is negligible; a pool
 (or RDS Proxy) is the step to take when it is not.
@@ -12,21 +13,26 @@ Two guards keep a misbehaving database from taking the whole service down with i
 - a circuit breaker: once the database is lost, one request at a time probes it while the
   others fail fast with the last reason, instead of each waiting out the timeout. The first
   probe that succeeds closes the circuit (database_back).
+
+A COMMIT that the server never answered may have committed: its 503 says the outcome is
+unknown, and a retry with the same Idempotency-Key returns the first answer if it did.
 """
 
 import logging
-import math
 import os
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import psycopg2
 import psycopg2.errors
+import psycopg2.extensions
 
+from app import deadline
 from app.config import Config, ConfigError, check_database_url
 from app.logs import redact_url
 from app.migrations import migrate
@@ -35,11 +41,22 @@ log = logging.getLogger("app.db")
 
 
 class DatabaseUnavailable(Exception):
-    """The database could not serve the request. `reason` is safe to show a client."""
+    """The database could not serve the request. `reason` is safe to show a client.
+    `outcome_unknown`: the write's COMMIT went unanswered, so it may have been made."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, outcome_unknown: bool = False):
         super().__init__(reason)
         self.reason = reason
+        self.outcome_unknown = outcome_unknown
+
+
+@dataclass(frozen=True)
+class Visit:
+    """A recorded visit: the count it made, and whether its idempotency key had already
+    recorded it (then `count` is the first answer's)."""
+
+    count: int
+    replayed: bool = False
 
 
 class DatabaseUrl:
@@ -106,6 +123,11 @@ class Database(ABC):
 
     kind: str
     errors: tuple[type[BaseException], ...]
+    # Idempotency keys, in the driver's parameter style: claim a key (inserts nothing when it
+    # was claimed before), read a key's answer, remember the answer.
+    claim_key_sql: str
+    key_answer_sql: str
+    remember_answer_sql: str
 
     def __init__(self, config: Config):
         self.config = config
@@ -141,11 +163,24 @@ class Database(ABC):
 
     # Both cost the same at any number of visits: the count is one row, which a trigger on
     # visits keeps (app/migrations.py), read in the transaction that inserted.
-    def record_visit(self) -> int:
+    def record_visit(self, key: str | None = None) -> Visit:
+        """Record a visit, once per idempotency key: a key seen before returns its first
+        answer and records nothing."""
+
         def insert_and_count(cur):
+            if key is not None:
+                # A second request with this key waits here until the first one's transaction
+                # ends; if it committed, this inserts nothing and reads its answer.
+                cur.execute(self.claim_key_sql, (key,))
+                if cur.rowcount == 0:
+                    cur.execute(self.key_answer_sql, (key,))
+                    return Visit(cur.fetchone()[0], replayed=True)
             cur.execute("INSERT INTO visits DEFAULT VALUES")
             cur.execute("SELECT visits FROM visit_count WHERE id = 1")
-            return cur.fetchone()[0]
+            count = cur.fetchone()[0]
+            if key is not None:
+                cur.execute(self.remember_answer_sql, (count, key))
+            return Visit(count)
 
         return self._run(insert_and_count)
 
@@ -191,7 +226,8 @@ class Database(ABC):
                 result = self._transaction(operation)
         except self.errors as exc:
             self._mark_unavailable(exc)
-            raise DatabaseUnavailable(self._reason(exc)) from exc
+            unknown = isinstance(exc, CommitUnanswered)
+            raise DatabaseUnavailable(self._reason(exc), outcome_unknown=unknown) from exc
         self._mark_available()
         return result
 
@@ -212,8 +248,11 @@ class Database(ABC):
                 self._schema_ready = True
             with closing(conn.cursor()) as cur:
                 result = operation(cur)
-            conn.commit()
+            self._commit(conn)
             return result
+
+    def _commit(self, conn) -> None:
+        conn.commit()
 
     def _mark_unavailable(self, exc: BaseException) -> None:
         with self._state_lock:
@@ -233,16 +272,85 @@ class Database(ABC):
             log.info(event, extra={"database": self.kind})
 
 
+class CommitUnanswered(psycopg2.OperationalError):
+    """COMMIT was sent and no answer came back: the transaction may or may not be committed.
+    Its cause is the error that cut the wait short."""
+
+
 class PostgresDatabase(Database):
     kind = "postgresql"
     errors = (psycopg2.Error,)
+    claim_key_sql = "INSERT INTO visit_keys (key) VALUES (%s) ON CONFLICT DO NOTHING"
+    key_answer_sql = "SELECT visits FROM visit_keys WHERE key = %s"
+    remember_answer_sql = "UPDATE visit_keys SET visits = %s WHERE key = %s"
+    # Migrating counts a large visits table once, which may take longer than a request may.
+    MIGRATION_SECONDS = 600
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        deadline.install()
+        # Cancelling a call that missed its deadline takes a connection of its own; a silent
+        # server would hold each, so only as many as may wait on the database at once.
+        self._cancellers = threading.BoundedSemaphore(config.db_max_concurrency)
+
+    def _transaction(self, operation):
+        """One transaction, connection included, within DB_TIMEOUT_SECONDS. A call cut short
+        is cancelled on the server, so it never holds its locks past the deadline."""
+        try:
+            with deadline.deadline(self.config.db_timeout_seconds):
+                return super()._transaction(operation)
+        except psycopg2.Error as exc:
+            cut_short = exc.__cause__ if isinstance(exc, CommitUnanswered) else exc
+            if isinstance(cut_short, deadline.DeadlinePassed) and cut_short.backend_pid:
+                self._cancel_in_background(cut_short.backend_pid)
+            raise
+
+    def _commit(self, conn) -> None:
+        try:
+            conn.commit()
+        except psycopg2.Error as exc:
+            if exc.pgcode is None:  # no answer from the server, which may have committed
+                raise CommitUnanswered(str(exc)) from exc
+            raise  # the server answered with an error: it rolled back
+
+    def _cancel_in_background(self, backend_pid: int) -> None:
+        if not self._cancellers.acquire(blocking=False):
+            log.warning("database_cancel_skipped", extra={"backend_pid": backend_pid})
+            return
+        threading.Thread(
+            target=self._cancel, args=(backend_pid,), name="db-cancel", daemon=True
+        ).start()
+
+    def _cancel(self, backend_pid: int) -> None:
+        """pg_cancel_backend from a connection of its own: a COMMIT waiting on a standby then
+        completes locally (PostgreSQL warns that it may not be replicated), anything else
+        rolls back, and the row locks go either way."""
+        try:
+            with (
+                deadline.deadline(self.config.db_timeout_seconds),
+                closing(self._connect()) as conn,
+                closing(conn.cursor()) as cur,
+            ):
+                cur.execute("SELECT pg_cancel_backend(%s)", (backend_pid,))
+                cancelled = cur.fetchone()[0]
+            log.info(
+                "database_call_cancelled",
+                extra={"backend_pid": backend_pid, "cancelled": cancelled},
+            )
+        except (psycopg2.Error, DatabaseUnavailable) as exc:
+            detail = self._scrub(str(exc))
+            log.warning(
+                "database_cancel_failed", extra={"backend_pid": backend_pid, "detail": detail}
+            )
+        finally:
+            self._cancellers.release()
 
     def _connect(self):
         timeout = self.config.db_timeout_seconds
+        # No connect_timeout: libpq applies it only when it blocks, and under the wait
+        # callback the deadline bounds the connection instead.
         return psycopg2.connect(
             self.url.get(),
-            # libpq takes whole seconds here (and treats 1 as 2).
-            connect_timeout=max(1, math.ceil(timeout)),
             options=f"-c statement_timeout={int(timeout * 1000)}",
             application_name="hello-app",
             # Notice a peer that vanished mid-request instead of waiting on TCP for minutes.
@@ -254,13 +362,12 @@ class PostgresDatabase(Database):
         )
 
     def _migrate(self, conn) -> list[int]:
-        with conn.cursor() as cur:
+        with deadline.deadline(self.MIGRATION_SECONDS), conn.cursor() as cur:
             # Several instances may start at once: the first migrates, the others wait here.
             cur.execute("SELECT pg_advisory_xact_lock(hashtext('hello-app schema'))")
-            # Counting a large visits table once may take longer than a request may.
-            cur.execute("SET LOCAL statement_timeout = '10min'")
+            cur.execute(f"SET LOCAL statement_timeout = '{self.MIGRATION_SECONDS}s'")
             applied = migrate(cur, "postgresql")
-        conn.commit()
+            conn.commit()
         return applied
 
     def _is_missing_table(self, exc: BaseException) -> bool:
@@ -286,13 +393,16 @@ class PostgresDatabase(Database):
         return super()._recover(exc)
 
     def _reason(self, exc: BaseException) -> str:
+        if isinstance(exc, CommitUnanswered):
+            return self._reason(exc.__cause__)
         if self._is_password_refused(exc):
             return "database refused the credentials"
         # sslmode=verify-full: an untrusted or misnamed certificate, or no TLS at all. The
         # log's detail carries libpq's exact words; the client learns only this much.
         if "certificate" in str(exc) or "SSL" in str(exc):
             return "database TLS failed"
-        if isinstance(exc, psycopg2.errors.QueryCanceled) or "timeout" in str(exc).lower():
+        # The server's statement_timeout (QueryCanceled), or this side's deadline.
+        if isinstance(exc, psycopg2.extensions.QueryCanceledError) or "timeout" in str(exc).lower():
             return "database timed out"
         if isinstance(exc, psycopg2.OperationalError):
             return "database unreachable"
@@ -302,6 +412,9 @@ class PostgresDatabase(Database):
 class SQLiteDatabase(Database):
     kind = "sqlite"
     errors = (sqlite3.Error, OSError)
+    claim_key_sql = "INSERT INTO visit_keys (key) VALUES (?) ON CONFLICT DO NOTHING"
+    key_answer_sql = "SELECT visits FROM visit_keys WHERE key = ?"
+    remember_answer_sql = "UPDATE visit_keys SET visits = ? WHERE key = ?"
 
     def _connect(self):
         path = self.config.sqlite_path

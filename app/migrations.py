@@ -62,6 +62,24 @@ MIGRATIONS = (
             " BEGIN UPDATE visit_count SET visits = visits + 1 WHERE id = 1; END",
         ),
     ),
+    # A client that never learned a write's outcome retries with the same Idempotency-Key, and
+    # gets the first answer instead of a second visit. A key is kept as long as its visit.
+    Migration(
+        3,
+        "idempotency keys of recorded visits, with the count each answered",
+        postgresql=(
+            "CREATE TABLE visit_keys ("
+            " key text PRIMARY KEY,"
+            " visits bigint,"
+            " created_at timestamptz NOT NULL DEFAULT now())",
+        ),
+        sqlite=(
+            "CREATE TABLE visit_keys ("
+            " key TEXT PRIMARY KEY,"
+            " visits INTEGER,"
+            " created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)",
+        ),
+    ),
 )
 
 _SCHEMA_MIGRATIONS = {
@@ -80,14 +98,14 @@ _RECORD = {
 }
 
 
-def migrate(cursor, dialect: str) -> list[int]:
+def migrate(cursor, dialect: str, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[int]:
     """Apply the migrations this database lacks; return their versions. The caller holds the
-    lock and commits."""
+    lock and commits. `migrations`: all of them, or the first few, as an earlier release had."""
     cursor.execute(_SCHEMA_MIGRATIONS[dialect])
     cursor.execute("SELECT version FROM schema_migrations")
     applied = {row[0] for row in cursor.fetchall()}
     done = []
-    for migration in MIGRATIONS:
+    for migration in migrations:
         if migration.version in applied:
             continue
         for statement in getattr(migration, dialect):

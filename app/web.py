@@ -1,6 +1,7 @@
 """The WSGI application: routes, JSON errors and one log line per request."""
 
 import logging
+import re
 import time
 
 import bottle
@@ -9,6 +10,11 @@ from app.db import Database, DatabaseUnavailable
 from app.server import QUEUE_WAIT_KEY
 
 log = logging.getLogger("app.request")
+
+# A retry of POST /visits with the same key returns the first answer and counts once.
+IDEMPOTENCY_KEY = "Idempotency-Key"
+VALID_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+BAD_KEY = f"{IDEMPOTENCY_KEY} must be 1 to 255 visible ASCII characters"
 
 
 def create_app(database: Database) -> bottle.Bottle:
@@ -42,8 +48,15 @@ def create_app(database: Database) -> bottle.Bottle:
 
     @app.post("/visits")
     def record_visit():
+        # raw: get_header() decodes as UTF-8, and raises on a byte that is not.
+        key = bottle.request.headers.raw(IDEMPOTENCY_KEY)
+        if key is not None and not VALID_KEY.fullmatch(key):
+            return bottle.HTTPResponse(status=400, body={"error": BAD_KEY})
+        visit = database.record_visit(key)
         bottle.response.status = 201
-        return {"visits": database.record_visit()}
+        if visit.replayed:
+            bottle.response.set_header("Idempotent-Replayed", "true")
+        return {"visits": visit.count}
 
     @app.error(404)
     def not_found(error):
@@ -80,6 +93,8 @@ class DatabaseUnavailableAs503:
                 return callback(*args, **kwargs)
             except DatabaseUnavailable as exc:
                 body = {"error": "database unavailable", "reason": exc.reason}
+                if exc.outcome_unknown:
+                    body["outcome"] = "unknown"
                 return bottle.HTTPResponse(status=503, body=body)
 
         return wrapper

@@ -8,6 +8,9 @@ Multi-AZ, driven through the docker CLI.
   reconnect on the app's network) never cuts it.
 - Commits wait for the standby (synchronous_commit=on and synchronous_standby_names naming
   it): a commit the app saw acknowledged is on both servers.
+- `<prefix>standby-watch` does what RDS does when the standby is lost (standby_watch.sh):
+  after the detection window, commits stop waiting for it; once a standby has caught up,
+  they wait again.
 - The app logs in as one of two login roles that both act as the NOLOGIN role owning its
   tables, so its password can be rotated without a failed request ("alternating users").
 
@@ -23,6 +26,7 @@ stdin, never through a command line that `ps` would show.
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import time
@@ -74,8 +78,11 @@ primary_conninfo = '$conninfo password=$PGPASSWORD'
 synchronous_standby_names = ''
 EOF
 fi
-exec postgres -c cluster_name="$2"
+# Replies every second, not every 10 s: the primary's reply_time tells a silent standby.
+exec postgres -c cluster_name="$2" -c wal_receiver_status_interval=1
 """
+WATCH_SCRIPT = (Path(__file__).parent / "standby_watch.sh").read_text()
+WATCHER = "standby-watch"
 
 
 class DatabaseError(LabError):
@@ -107,9 +114,12 @@ class DatabasePair:
         app_network: str,
         replication_network: str,
         state_dir: Path,
+        standby_detection_s: float,
         timeout: float = 120,
     ):
         self.image = image
+        # How long the standby may stay silent before commits stop waiting for it.
+        self.standby_detection_s = standby_detection_s
         self.prefix = prefix
         self.app_network = app_network
         self.replication_network = replication_network
@@ -295,6 +305,22 @@ class DatabasePair:
         self._docker("network", "connect", self.app_network, name)
         self._docker("start", name)
 
+    def _start_watcher(self) -> None:
+        """A new watcher each time: it keeps no state, and so runs today's script."""
+        name = self._container(WATCHER)
+        self._docker("rm", "-f", name, check=False)
+        self._docker(
+            "run", "--detach", "--name", name, *self._labels(), "--user", "postgres",
+            "--network", self.replication_network, "-e", "PGPASSWORD",
+            "--entrypoint", "sh", self.image, "-c", WATCH_SCRIPT, "sh",
+            str(self.standby_detection_s), *(self._container(m) for m in MEMBERS),
+            env={"PGPASSWORD": self._state["superuser_password"]},
+        )  # fmt: skip
+
+    def watcher_log(self) -> str:
+        """What the standby watcher changed, one line per change."""
+        return self._docker("logs", self._container(WATCHER), check=False).stdout
+
     def _wait_accepting(self, container: str) -> None:
         def accepting() -> bool:
             self._fail_if_exited(container)
@@ -394,6 +420,7 @@ REVOKE ALL ON DATABASE {DATABASE} FROM PUBLIC;
             self._require_sync()
         else:
             self.rebuild_standby()
+        self._start_watcher()
 
     def rebuild_standby(self) -> None:
         """Replace the standby (after a failover: the fenced old primary) with a fresh copy
@@ -455,6 +482,32 @@ REVOKE ALL ON DATABASE {DATABASE} FROM PUBLIC;
     def unpause_primary(self) -> None:
         self._docker("unpause", self.primary)
 
+    def pause_standby(self) -> None:
+        """Freeze the standby, as a lost standby looks to the primary: no more replies."""
+        self._docker("pause", self.standby)
+
+    def unpause_standby(self) -> None:
+        self._docker("unpause", self.standby)
+
+    def slow_writes(self, seconds: float) -> None:
+        """Make every insert into visits take `seconds` longer, on the server: a database
+        slower than normal, but under the app's timeout."""
+        self.psql(
+            "CREATE OR REPLACE FUNCTION lab_slow_write() RETURNS trigger LANGUAGE plpgsql AS"
+            f" $$BEGIN PERFORM pg_sleep({float(seconds)}); RETURN NEW; END$$;\n"
+            "DROP TRIGGER IF EXISTS lab_slow_write ON visits;\n"
+            "CREATE TRIGGER lab_slow_write BEFORE INSERT ON visits"
+            " FOR EACH ROW EXECUTE FUNCTION lab_slow_write();",
+            database=DATABASE,
+        )
+
+    def normal_writes(self) -> None:
+        self.psql(
+            "DROP TRIGGER IF EXISTS lab_slow_write ON visits;\n"
+            "DROP FUNCTION IF EXISTS lab_slow_write();",
+            database=DATABASE,
+        )
+
     def rotate_app_credentials(self) -> str:
         """Give the login role the app does not use a new password and make it the active
         one; return the new URL. The previous role keeps working until
@@ -494,6 +547,17 @@ REVOKE ALL ON DATABASE {DATABASE} FROM PUBLIC;
         if exists != "t":
             return 0
         return int(self.psql("SELECT visits FROM visit_count WHERE id = 1", database=DATABASE))
+
+    def stored_keys(self, prefix: str) -> set[str]:
+        """The Idempotency-Keys starting with `prefix` whose visits the primary holds."""
+        if not re.fullmatch(r"[A-Za-z0-9-]+", prefix):
+            raise ValueError(f"not a key prefix: {prefix!r}")
+        exists = self.psql("SELECT to_regclass('public.visit_keys') IS NOT NULL", database=DATABASE)
+        if exists != "t":
+            return set()
+        query = f"SELECT key FROM visit_keys WHERE key LIKE '{prefix}-%'"  # noqa: S608 - checked
+        rows = self.psql(query, database=DATABASE)
+        return set(rows.split())
 
     def is_synchronous(self) -> bool:
         """Whether the standby streams as synchronous standby, so commits are on both."""

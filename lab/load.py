@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,8 @@ class LoadError(RuntimeError):
 @dataclass(frozen=True)
 class Request:
     """One request as the client saw it. `at` is when it was sent (epoch seconds); status 0
-    means no HTTP answer at all (refused, reset, timed out)."""
+    means no HTTP answer at all (refused, reset, timed out). A POST /visits has its
+    Idempotency-Key and `write`: acknowledged, rejected or unknown (locustfile.write_outcome)."""
 
     at: float
     method: str
@@ -49,6 +51,8 @@ class Request:
     latency_ms: float
     ok: bool
     error: str
+    key: str = ""
+    write: str = ""
 
     @property
     def name(self) -> str:
@@ -73,6 +77,8 @@ def read_requests(csv_path: Path) -> list[Request]:
                         latency_ms=float(row["latency_ms"]),
                         ok=row["ok"] == "1",
                         error=row["error"] or "",
+                        key=row.get("key") or "",
+                        write=row.get("write") or "",
                     )
                 )
             except (KeyError, TypeError, ValueError):
@@ -95,7 +101,8 @@ class Load:
         seconds: float = 60,
         rate: int = 40,
         host: str = LOOPBACK,
-        request_timeout: float = 5.0,
+        # Above the app's own bounds (DB_TIMEOUT_SECONDS), below the ALB's 60 s idle timeout.
+        request_timeout: float = 10.0,
     ):
         if host != LOOPBACK:
             raise ValueError(f"the lab sends load to {LOOPBACK} only, not to {host!r}")
@@ -107,6 +114,8 @@ class Load:
             raise ValueError(f"rate must be 1-{MAX_RATE} requests/s, not {rate}")
         self.port, self.seconds, self.rate = port, seconds, rate
         self.request_timeout = request_timeout
+        # The Idempotency-Keys of this load's writes all start with it, and no other's do.
+        self.key_prefix = f"lab-{uuid.uuid4().hex[:12]}"
         self.out_dir = Path(out_dir)
         self.requests_csv = self.out_dir / "requests.csv"
         self.log_path = self.out_dir / "locust.log"
@@ -135,6 +144,7 @@ class Load:
             "--stop-timeout", str(math.ceil(self.request_timeout) + 1),
             "--request-timeout", str(self.request_timeout),
             "--requests-csv", str(self.requests_csv),
+            "--key-prefix", self.key_prefix,
             "--csv", str(self.out_dir / "locust"),
             "--csv-full-history",
             "--only-summary",
@@ -268,12 +278,17 @@ class Load:
             return None
         return failed[0].at, failed[-1].at
 
+    def writes(self, outcome: str) -> set[str]:
+        """The Idempotency-Keys of the POST /visits whose outcome the client learned was
+        `outcome`: acknowledged (201), rejected (any other answer, which promises nothing was
+        stored) or unknown (no answer, or a 503 that says its COMMIT went unanswered)."""
+        return {r.key for r in self.select("POST /visits") if r.write == outcome}
+
     def created(self) -> int:
         """Visits the client knows were stored: POST /visits answered 201."""
-        return sum(1 for r in self.select("POST /visits") if r.status == 201)
+        return len(self.writes("acknowledged"))
 
     def ambiguous_writes(self) -> int:
-        """POST /visits that got no HTTP answer (refused, reset, timed out): whether the
-        visit was stored is unknown to the client. Stored visits lie between created() and
-        created() + ambiguous_writes()."""
-        return sum(1 for r in self.select("POST /visits") if r.status == 0)
+        """Writes whose outcome the client never learned. Stored visits lie between created()
+        and created() + ambiguous_writes()."""
+        return len(self.writes("unknown"))

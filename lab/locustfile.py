@@ -1,10 +1,13 @@
 """The lab's constant load: what a drill's users do while a fault is injected.
 
-Each user runs one task a second (constant pacing, each user at its own phase), picked from
-the app's four routes, and checks each answer; lab/load.py sets the number of users to the
-rate it wants. Every request is also written as one CSV row (see REQUEST_FIELDS) to
---requests-csv, as it completes, so that a drill can count failures per path and per second,
-and a run killed midway keeps its rows.
+Open loop: each user sends one request a second, picked from the app's four routes, on a
+fixed schedule whatever the answers do (each request in a greenlet of its own), so a server
+that stalls gets failures, not fewer requests. Each user starts at its own phase;
+lab/load.py sets the number of users to the rate it wants.
+
+Every request is also written as one CSV row (see REQUEST_FIELDS) to --requests-csv, as it
+completes, so that a drill can count failures per path and per second, and a run killed
+midway keeps its rows.
 
 Run by lab/load.py; by hand, from the repository's root:
 
@@ -22,10 +25,13 @@ import time
 from urllib.parse import urlsplit
 
 import gevent
+import gevent.pool
 from locust import HttpUser, events, task
 
-# The columns of the per-request CSV; lab/load.py reads them back.
-REQUEST_FIELDS = ("at", "method", "path", "status", "latency_ms", "ok", "error")
+# The columns of the per-request CSV; lab/load.py reads them back. A POST /visits also has
+# its Idempotency-Key and what the client learned of the write (WRITE_OUTCOMES).
+REQUEST_FIELDS = ("at", "method", "path", "status", "latency_ms", "ok", "error", "key", "write")
+WRITE_OUTCOMES = ("acknowledged", "rejected", "unknown")
 LOOPBACK = "127.0.0.1"
 
 
@@ -42,8 +48,15 @@ def add_arguments(parser):
         "--request-timeout",
         env_var="LAB_REQUEST_TIMEOUT",
         type=float,
-        default=5.0,
-        help="Seconds before a request counts as failed with status 0 (default 5)",
+        default=10.0,
+        help="Seconds before a request counts as failed with status 0 (default 10)",
+        include_in_web_ui=False,
+    )
+    parser.add_argument(
+        "--key-prefix",
+        env_var="LAB_KEY_PREFIX",
+        default="load",
+        help="Each POST /visits sends the Idempotency-Key PREFIX-N, N counting from 0",
         include_in_web_ui=False,
     )
 
@@ -60,6 +73,7 @@ class RequestRecorder:
     def record(self, request_type, name, response_time, response, exception, **meta):
         url = meta.get("url") or name
         status = getattr(response, "status_code", 0) or 0
+        key = (meta.get("context") or {}).get("key", "")
         self.writer.writerow(
             (
                 f"{meta.get('start_time') or 0:.6f}",
@@ -69,11 +83,27 @@ class RequestRecorder:
                 f"{response_time:.1f}",
                 int(exception is None),
                 "" if exception is None else short_error(exception),
+                key,
+                write_outcome(response, status) if key else "",
             )
         )
 
     def close(self, **_):
         self.file.close()
+
+
+def write_outcome(response, status: int) -> str:
+    """What the client learned of its write: a 201 acknowledged it; no answer, or a 503 that
+    says the COMMIT went unanswered, leaves it unknown; any other answer rejected it."""
+    if status == 201:
+        return "acknowledged"
+    if status == 0:
+        return "unknown"
+    try:
+        unknown = status == 503 and response.json().get("outcome") == "unknown"
+    except (ValueError, AttributeError):
+        unknown = False
+    return "unknown" if unknown else "rejected"
 
 
 def short_error(exception: BaseException) -> str:
@@ -109,9 +139,10 @@ def refuse_other_hosts_and_record(environment, **_):
 
 
 class AppUser(HttpUser):
-    """A client of the app: one request a second, each answer checked."""
+    """A client of the app: one request a second, on schedule, each answer checked."""
 
     _started = itertools.count()
+    _keys = itertools.count()  # one Locust process: the keys are unique within a run
 
     def on_start(self):
         self.timeout = self.environment.parsed_options.request_timeout
@@ -121,39 +152,59 @@ class AppUser(HttpUser):
         # ratio for any count, and keeps it: one request a second on its own clock.
         gevent.sleep(next(self._started) * 0.618034 % 1)
         self._next_request_at = time.monotonic()
+        self._in_flight = gevent.pool.Group()
+
+    def on_stop(self):
+        # Let the requests in flight finish: a write cut off mid-way would be committed on the
+        # server but missing from requests.csv.
+        self._in_flight.join(timeout=self.timeout + 1)
 
     def wait_time(self) -> float:
-        """Constant pacing, one request a second, like Locust's constant_throughput(1), but on
-        the user's own clock: a slow answer delays the next request, never bunches them."""
-        now = time.monotonic()
-        self._next_request_at = max(self._next_request_at + 1, now)
-        return self._next_request_at - now
+        """One request a second on the user's own clock. The tasks only start their request,
+        so a slow answer neither delays the next one nor lowers the rate."""
+        self._next_request_at += 1
+        return max(0.0, self._next_request_at - time.monotonic())
+
+    def _send(self, request, *args) -> None:
+        self._in_flight.spawn(request, *args)
 
     def _get(self, path):
         return self.client.get(path, name=f"GET {path}", catch_response=True, timeout=self.timeout)
 
     @task
     def hello(self):
-        with self._get("/") as response:
-            expect(response, 200, lambda r: r.text == "Hello World")
+        self._send(self._check_get, "/", lambda r: r.text == "Hello World")
 
     @task
     def healthz(self):
-        with self._get("/healthz") as response:
-            expect(response, 200)
+        self._send(self._check_get, "/healthz", lambda r: True)
 
     @task
     def record_visit(self):
-        post = self.client.post(
-            "/visits", name="POST /visits", catch_response=True, timeout=self.timeout
-        )
-        with post as response:
-            expect(response, 201, has_visit_count)
+        self._send(self._post_visit)
 
     @task
     def count_visits(self):
-        with self._get("/visits") as response:
-            expect(response, 200, has_visit_count)
+        self._send(self._check_get, "/visits", has_visit_count)
+
+    def _check_get(self, path, body_is_right):
+        with self._get(path) as response:
+            expect(response, 200, body_is_right)
+
+    def _post_visit(self):
+        # Every write carries its own key, so that afterwards the drill can ask the database
+        # which acknowledged writes it kept and which rejected ones it counted.
+        key = f"{self.environment.parsed_options.key_prefix}-{next(self._keys)}"
+        post = self.client.post(
+            "/visits",
+            name="POST /visits",
+            catch_response=True,
+            timeout=self.timeout,
+            headers={"Idempotency-Key": key},
+            context={"key": key},
+        )
+        with post as response:
+            expect(response, 201, has_visit_count)
 
 
 def has_visit_count(response) -> bool:

@@ -26,7 +26,9 @@ from lab.load import Request
 
 # The paths in the order the timeline stacks them; any other path follows.
 PATH_ORDER = ("GET /", "GET /healthz", "POST /visits", "GET /visits")
-COLUMNS = ("drill", "requests", "failed", "error window", "RTO", "RPO", "pass")
+COLUMNS = (
+    "drill", "requests", "failed", "unknown", "error window", "RTO", "full service", "RPO", "pass"
+)  # fmt: skip
 
 
 @dataclass
@@ -39,8 +41,14 @@ class DrillResult:
     fault: str  # one line: what was done
     requests: int
     failed: int
+    # Writes whose outcome the client never learned (no answer, or an unanswered COMMIT):
+    # neither acknowledged nor lost. The RPO counts acknowledged writes that are missing.
+    unknown: int
     error_window_s: float | None
+    # From the fault's start to the last failure's sending (RTO), and to its end (full service:
+    # every request after it succeeded).
     rto_s: float | None
+    full_service_s: float | None
     rpo: str  # "0", "n/a", "3 visits"…
     passed: bool
     reasons: list[str] = field(default_factory=list)  # why it failed; empty if passed
@@ -54,8 +62,10 @@ class DrillResult:
             self.name,
             str(self.requests),
             str(self.failed),
+            str(self.unknown),
             _seconds(self.error_window_s, none="-"),
             _seconds(self.rto_s, none="n/a"),
+            _seconds(self.full_service_s, none="n/a"),
             self.rpo,
             "pass" if self.passed else "FAIL",
         )
@@ -181,15 +191,16 @@ def write_markdown(
 
 
 def _section(result: DrillResult, markdown: Path) -> list[str]:
-    name, requests, failed, window, rto, rpo, verdict = result.cells()
+    name, requests, failed, unknown, window, rto, full_service, rpo, verdict = result.cells()
     lines = [
         "",
         f"## {name}",
         "",
         f"- Hypothesis: {result.hypothesis}",
         f"- Fault: {result.fault}",
-        f"- Result: **{verdict}**. {requests} requests, {failed} failed; error window {window},"
-        f" RTO {rto}, RPO {rpo}.",
+        f"- Result: **{verdict}**. {requests} requests, {failed} failed, {unknown} writes of"
+        f" unknown outcome; error window {window}, RTO {rto}, full service {full_service},"
+        f" RPO {rpo}.",
     ]
     if result.reasons:
         lines += ["", "Why it failed:", "", *(f"- {reason}" for reason in result.reasons)]

@@ -41,6 +41,9 @@ DATABASE_URL_FILE = "/etc/hello-app/database-url"
 # interval, 5 s timeout, 3 failures out, 2 successes in. A dead VM leaves in ~6 s, not ~30 s.
 HEALTH_CHECK_SCALE = 5
 HEALTH_CHECK = {"interval_s": 10, "timeout_s": 5, "unhealthy": 3, "healthy": 2}
+# How long the synchronous standby may be silent before commits stop waiting for it: the
+# health check's detection time (3 failed checks 10 s apart), scaled down the same way.
+STANDBY_DETECTION_S = HEALTH_CHECK["interval_s"] * HEALTH_CHECK["unhealthy"] / HEALTH_CHECK_SCALE
 # A deploy of three VMs, each installing its release venv from PyPI.
 PLAY_TIMEOUT = 900
 
@@ -130,6 +133,7 @@ class Lab:
             app_network=self.network,
             replication_network=f"{prefix}-replication",
             state_dir=self.state_dir / "database",
+            standby_detection_s=STANDBY_DETECTION_S,
         )
 
     # Names ---------------------------------------------------------------------------------

@@ -112,10 +112,11 @@ def http_request(
     body: bytes | None = None,
     host: str = "127.0.0.1",
     timeout: float = 10,
+    headers: dict[str, str] | None = None,
 ) -> Response:
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        conn.request(method, path, body=body)
+        conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
         return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
     finally:
@@ -173,6 +174,29 @@ def raw_exchange(port: int, payload: bytes, timeout: float = 5) -> bytes:
 # a second, and after a minute docker-proxy can connect no more and resets every client.
 # 4 threads at this pause make at most 200 a second, under half the range.
 PUBLISHED_PORT_PAUSE = 0.02
+
+
+def open_loop(rate: float, count: int, send: Callable[[int], object]) -> list:
+    """Open-loop load: send(i) for i in range(count), started at `rate` a second whatever
+    the answers do, each on a thread of its own, so a stall shows as failures instead of
+    fewer requests. Returns each call's result, or the exception it raised."""
+    results: list = [None] * count
+
+    def one(i: int):
+        try:
+            results[i] = send(i)
+        except (OSError, http.client.HTTPException) as error:
+            results[i] = error
+
+    threads = []
+    started = time.monotonic()
+    for i in range(count):
+        time.sleep(max(0.0, started + i / rate - time.monotonic()))
+        threads.append(threading.Thread(target=one, args=(i,)))
+        threads[-1].start()
+    for thread in threads:
+        thread.join()
+    return results
 
 
 class LoadLoop:

@@ -13,7 +13,7 @@ from app.logs import JsonFormatter
 from app.web import RequestLog, create_app
 
 
-def call(app, method: str, path: str, body: bytes = b""):
+def call(app, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None):
     """Call a WSGI app directly; return (status code, headers, body)."""
     environ = {
         "REQUEST_METHOD": method,
@@ -21,6 +21,8 @@ def call(app, method: str, path: str, body: bytes = b""):
         "CONTENT_LENGTH": str(len(body)),
         "wsgi.input": io.BytesIO(body),
     }
+    for name, value in (headers or {}).items():
+        environ["HTTP_" + name.upper().replace("-", "_")] = value
     setup_testing_defaults(environ)
     captured = {}
 
@@ -83,6 +85,41 @@ def test_visits_are_counted(sqlite_app):
     status, _, body = call(sqlite_app, "POST", "/visits")
     assert (status, json.loads(body)) == (201, {"visits": 2})
     assert json.loads(call(sqlite_app, "GET", "/visits")[2]) == {"visits": 2}
+
+
+def post_with_key(app, key: str):
+    status, headers, body = call(app, "POST", "/visits", headers={"Idempotency-Key": key})
+    return status, headers.get("Idempotent-Replayed"), json.loads(body)
+
+
+def test_a_retry_with_the_same_idempotency_key_returns_the_first_answer_and_counts_once(
+    sqlite_app,
+):
+    assert post_with_key(sqlite_app, "order-1") == (201, None, {"visits": 1})
+    call(sqlite_app, "POST", "/visits")
+    assert post_with_key(sqlite_app, "order-1") == (201, "true", {"visits": 1})
+    assert json.loads(call(sqlite_app, "GET", "/visits")[2]) == {"visits": 2}
+
+
+def test_each_idempotency_key_records_its_own_visit(sqlite_app):
+    assert post_with_key(sqlite_app, "a")[2] == {"visits": 1}
+    assert post_with_key(sqlite_app, "b")[2] == {"visits": 2}
+    assert post_with_key(sqlite_app, "a")[2] == {"visits": 1}
+    assert post_with_key(sqlite_app, "b")[2] == {"visits": 2}
+
+
+@pytest.mark.parametrize(
+    "key", ["", "x" * 256, "has space", "tab\there", "caf\u00e9"],
+    ids=["empty", "too-long", "space", "control", "non-ascii"],
+)  # fmt: skip
+def test_a_malformed_idempotency_key_is_refused_with_400_and_counts_nothing(sqlite_app, key):
+    status, headers, body = call(sqlite_app, "POST", "/visits", headers={"Idempotency-Key": key})
+    assert status == 400
+    assert headers["Content-Type"] == "application/json"
+    assert json.loads(body) == {
+        "error": "Idempotency-Key must be 1 to 255 visible ASCII characters"
+    }
+    assert json.loads(call(sqlite_app, "GET", "/visits")[2]) == {"visits": 0}
 
 
 def test_unknown_path_is_404_json(sqlite_app):

@@ -13,10 +13,11 @@ import uuid
 from urllib.parse import urlsplit
 
 import pytest
-from support import run
+from support import run, wait_until
 
 from app.migrations import migrate
 from lab.database import DATABASE, OWNER_ROLE, DatabaseError, DatabasePair
+from lab.topology import STANDBY_DETECTION_S
 
 pytestmark = pytest.mark.lab
 
@@ -86,6 +87,7 @@ def pair(docker, base_images, tmp_path_factory):
         app_network=f"hello-labtest-{run_id}-app",
         replication_network=f"hello-labtest-{run_id}-replication",
         state_dir=tmp_path_factory.mktemp("lab"),
+        standby_detection_s=STANDBY_DETECTION_S,
     )
     try:
         database_pair.up()
@@ -135,6 +137,23 @@ def test_a_commit_is_not_acknowledged_until_the_standby_has_it(pair):
         run("docker", "unpause", pair.standby)
     assert insert.wait(timeout=15) == 0, insert.stderr.read()
     assert pair.visits() == before + 1
+
+
+def test_a_lost_standby_holds_commits_for_the_detection_window_only_then_sync_returns(pair):
+    before = pair.visits()
+    run("docker", "pause", pair.standby)
+    try:
+        started = time.monotonic()
+        record_visit(pair, pair.app_url(), container=pair.primary)
+        held = time.monotonic() - started
+    finally:
+        run("docker", "unpause", pair.standby)
+    assert pair.visits() == before + 1
+    # Held while the standby might still answer, then no longer: RDS's degraded state.
+    assert STANDBY_DETECTION_S <= held <= STANDBY_DETECTION_S + 5, f"held {held:.1f} s"
+    assert "no word from the standby" in pair.watcher_log()
+    wait_until(pair.is_synchronous, timeout=20, what="the standby synchronous again")
+    assert "the standby has caught up" in pair.watcher_log()
 
 
 def test_failover_keeps_every_acknowledged_commit(pair):

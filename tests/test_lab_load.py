@@ -34,6 +34,12 @@ def test_constant_load_reaches_every_route_and_counts_the_visits_it_created(app_
     assert load.created() == sum(r.status == 201 for r in posted) == len(posted)
     assert load.ambiguous_writes() == 0
     assert visits(app) - before == load.created()
+    # Each write carried a key of its own, from this load's prefix, and the app answered it
+    # as a first request: a retry of one returns its first answer.
+    keys = [r.key for r in posted]
+    assert len(set(keys)) == len(keys) and all(k.startswith(f"{load.key_prefix}-") for k in keys)
+    retry = app.post("/visits", headers={"Idempotency-Key": keys[0]})
+    assert retry.headers.get("idempotent-replayed") == "true"
     assert took < 6 + 10, f"the load should stop by itself after its 6 s, took {took:.1f} s"
     assert load.error_window() is None
     assert load.p99_ms("/", since=load.requests[0].at) < 1000
@@ -63,6 +69,8 @@ def test_an_outage_is_recorded_as_failures_without_an_answer(app_server, tmp_pat
     assert load.count(ok=True, until=outage_began) > 0
     stored = visits(app) - before
     assert load.created() <= stored <= load.created() + load.ambiguous_writes()
+    unanswered = {r.key for r in load.select("POST /visits") if r.status == 0}
+    assert unanswered and load.writes("unknown") == unanswered
     assert load.exit_code == 0, "stopped early, Locust should still shut down cleanly"
     assert (tmp_path / "load" / "locust_stats.csv").stat().st_size > 0
 
@@ -140,8 +148,10 @@ def drill_results(tmp_path) -> list[DrillResult]:
             fault="stop the primary; promote the standby; move the db alias",
             requests=len(rows),
             failed=sum(not r.ok for r in rows),
+            unknown=2,
             error_window_s=3.5,
             rto_s=4.0,
+            full_service_s=4.5,
             rpo="0",
             passed=True,
             reasons=[],
@@ -155,8 +165,10 @@ def drill_results(tmp_path) -> list[DrillResult]:
             fault="deploy a release whose /healthz answers 500",
             requests=120,
             failed=7,
+            unknown=0,
             error_window_s=2.0,
             rto_s=None,
+            full_service_s=None,
             rpo="n/a",
             passed=False,
             reasons=["7 requests failed; the budget is 0"],
@@ -180,7 +192,10 @@ def test_markdown_report_has_a_row_per_drill_linking_its_timeline(tmp_path):
     text = report.read_text()
 
     assert "make drills" in text and "2 cores, 23.5 GiB" in text and "lab up: 95 s" in text
-    assert "| drill | requests | failed | error window | RTO | RPO | pass |" in text
+    assert (
+        "| drill | requests | failed | unknown | error window | RTO | full service | RPO | pass |"
+        in text
+    )
     rows = [line for line in text.splitlines() if line.startswith("| [") or "| bad-deploy" in line]
     assert len(rows) == 2, text
     assert "[db-failover](drills/db-failover.png)" in rows[0] and "| pass |" in rows[0]
@@ -198,7 +213,14 @@ def test_table_lines_up_its_columns(tmp_path, capsys):
     def cells(line):
         return [line[start:end].strip() for start, end in spans]
 
-    assert cells(header) == ["drill", "requests", "failed", "error window", "RTO", "RPO", "pass"]
-    assert cells(rows[0]) == ["db-failover", "80", "8", "3.5 s", "4.0 s", "0", "pass"]
-    assert cells(rows[1]) == ["bad-deploy", "120", "7", "2.0 s", "n/a", "n/a", "FAIL"]
+    assert cells(header) == [
+        "drill", "requests", "failed", "unknown", "error window", "RTO", "full service", "RPO",
+        "pass",
+    ]  # fmt: skip
+    assert cells(rows[0]) == [
+        "db-failover", "80", "8", "2", "3.5 s", "4.0 s", "4.5 s", "0", "pass"
+    ]  # fmt: skip
+    assert cells(rows[1]) == [
+        "bad-deploy", "120", "7", "0", "2.0 s", "n/a", "n/a", "n/a", "FAIL"
+    ]  # fmt: skip
     assert note == "suite: 4 min"

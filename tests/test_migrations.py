@@ -66,7 +66,7 @@ def target(request, tmp_path) -> Target:
 def test_a_new_database_gets_every_migration_and_counts_from_zero(target):
     database = target.database()
     assert database.count_visits() == 0
-    assert database.record_visit() == 1
+    assert database.record_visit().count == 1
     assert target.versions() == ALL_VERSIONS
 
 
@@ -74,17 +74,17 @@ def test_a_previous_release_database_upgrades_in_place_and_keeps_its_count(targe
     target.make_previous_release_database(visits=5)
     database = target.database()
     assert database.count_visits() == 5
-    assert database.record_visit() == 6
+    assert database.record_visit().count == 6
     assert target.versions() == ALL_VERSIONS
     assert target.sql("SELECT count(*) FROM visits") == [(6,)]
 
 
 def test_running_the_migrations_again_changes_nothing(target):
     target.make_previous_release_database(visits=2)
-    assert target.database().record_visit() == 3
+    assert target.database().record_visit().count == 3
     # A restarted instance: a new Database, which migrates on first use.
     again = target.database()
-    assert again.record_visit() == 4  # the trigger exists once: +1 per visit, not +2
+    assert again.record_visit().count == 4  # the trigger exists once: +1 per visit, not +2
     assert target.versions() == ALL_VERSIONS
 
 
