@@ -86,5 +86,5 @@ def test_a_hung_database_costs_a_bounded_wait_and_blocks_nothing_else(
     waiter.join()
     assert results["readyz"].status == 503
     assert results["readyz"].json()["reason"] == "database timed out"
-    # Bounded by the connect timeout (libpq rounds 2 s up), not by TCP's minutes.
+    # Bounded by the client-side deadline (DB_TIMEOUT_SECONDS, 2 s), not by TCP's minutes.
     assert results["seconds"] < 10
