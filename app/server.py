@@ -125,6 +125,10 @@ class GracefulServer:
         notify(self.config.notify_socket, "READY=1")
         while self._stop_signal is None:
             self._poll()
+        # Stop accepting before saying so: a client told "stopping" must find the port shut.
+        # Not server.close(): that also closes the trigger the worker threads use to wake
+        # this loop when a response is ready.
+        wasyncore.dispatcher.close(self.server)
         log.info("stopping", extra={"signal": signal.Signals(self._stop_signal).name})
         notify(self.config.notify_socket, "STOPPING=1")
         self._drain()
@@ -134,9 +138,6 @@ class GracefulServer:
         wasyncore.loop(timeout=timeout, map=self.server._map, use_poll=True, count=1)
 
     def _drain(self) -> None:
-        # Stop accepting. Not server.close(): that also closes the trigger the worker
-        # threads use to wake this loop when a response is ready.
-        wasyncore.dispatcher.close(self.server)
         deadline = time.monotonic() + self.config.shutdown_timeout_seconds
         while True:
             # Poll first, so bytes that arrived with the signal are read before judging idleness.

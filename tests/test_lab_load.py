@@ -20,16 +20,17 @@ def visits(app) -> int:
 
 
 def test_constant_load_reaches_every_route_and_counts_the_visits_it_created(app_server, tmp_path):
-    app = app_server()
+    # Open loop on a busy machine: enough threads that no write meets the bulkhead.
+    app = app_server(WAITRESS_THREADS="8")
     before = visits(app)
     started = time.monotonic()
-    with Load(app.port, tmp_path / "load", seconds=6, rate=20) as load:
+    with Load(app.port, tmp_path / "load", seconds=6, rate=10) as load:
         load.wait()
     took = time.monotonic() - started
 
     assert {(r.method, r.path) for r in load.requests} == PATHS
     assert all(r.ok for r in load.requests), load.failures()[:5]
-    assert 60 <= load.count() <= 20 * 6 + 20  # bounded by rate x seconds, give or take a second
+    assert 30 <= load.count() <= 10 * 6 + 10  # bounded by rate x seconds, give or take a second
     posted = [r for r in load.requests if r.name == "POST /visits"]
     assert load.created() == sum(r.status == 201 for r in posted) == len(posted)
     assert load.ambiguous_writes() == 0
